@@ -1,0 +1,262 @@
+"""Environments of the flight task on either engine.
+
+:class:`FlightEnv` steps N drones with per-drone episodes on the batched engine (training)
+or the pybullet engine (reference): both share every line of task logic and draw the same
+random numbers for the same seed, so they differ only in the physics. :class:`CrazyflieEnv`
+is the single-drone Gymnasium environment (numpy in, numpy out) on top of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium
+import numpy as np
+import torch
+
+from . import task as T
+from .drone import load_drone
+from .engines import make_engine
+from .state import DroneState
+
+
+@dataclass
+class Observation:
+    """What the agents see at one step (N drones)."""
+
+    actor: torch.Tensor  # (N, 18) noisy actor observation
+    privileged: torch.Tensor  # (N, 146) noisy 18 + last 32 actions: the guide's input
+    critic: torch.Tensor  # (N, 146) true 18 + last 32 actions: the critics' input
+
+
+class FlightEnv:
+    """N copies of the task, stepped together.
+
+    Args:
+        config: the task.
+        n: number of drones (parallel episodes).
+        engine: ``batched`` or ``pybullet``.
+        seed: seeds the initial states and the observation noise.
+        autoreset: reset each drone when its episode ends (training). Without it, a finished
+            drone is frozen (its reward is 0 and ``active`` is False) until :meth:`reset`.
+        dtype: float32 or float64 for the batched engine (pybullet is always float64).
+        engine_options: passed to the engine (substeps, gui, compile, ground_effect, drag, ...).
+
+    ``step`` returns ``(obs, reward, terminated, truncated, info)``; ``info["episodes"]`` lists the
+    statistics of episodes that ended in this step (see :meth:`_episode_stats`), and with
+    autoreset ``info["final_obs"]`` holds the last observation of the drones that were reset.
+    """
+
+    def __init__(self, config: T.TaskConfig, n: int = 1, engine: str = "batched", seed: int | None = None,
+                 autoreset: bool = True, dtype: torch.dtype = torch.float32, engine_options: dict | None = None):
+        self.config, self.n, self.autoreset = config, n, autoreset
+        self.model = load_drone(config.drone)
+        options = dict(engine_options or {})
+        if engine == "pybullet":
+            dtype = torch.float64
+            options.setdefault("ground", True)
+        else:
+            options.setdefault("dtype", dtype)
+        self.dtype = dtype
+        self.engine_kind = engine
+        self.engine = make_engine(engine, self.model, n, dt=config.dt, **options)
+        # Each drone flies in its own task frame: copies sit 2 m apart on x in pybullet's shared world.
+        self.origin = torch.zeros(n, 3, dtype=torch.float64)
+        if engine == "pybullet":
+            self.origin[:, 0] = 2.0 * torch.arange(n)
+        self.generator = torch.Generator().manual_seed(0 if seed is None else seed)
+        self.noise_std = T.observation_noise_std(config.noise)
+        self.stage = config.stage
+        self.steps = torch.zeros(n, dtype=torch.long)
+        self.active = torch.ones(n, dtype=torch.bool)
+        self.history = torch.full((n, T.HISTORY, 4), config.hover_action, dtype=dtype)
+        self._stats = {k: torch.zeros(n, dtype=torch.float64) for k in
+                       ("return", "late_error", "late_steps", "action_dev")}
+
+    # --- helpers ------------------------------------------------------------------------
+    @property
+    def weights(self) -> T.RewardWeights:
+        return self.config.curriculum.weights(self.stage)
+
+    def _target(self, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p, v = T.target_at(self.config.target, steps.to(torch.float64) * self.config.dt)
+        return p + self.origin, v
+
+    def _observe(self, state: DroneState) -> Observation:
+        target_p, _ = self._target(self.steps)
+        true = T.observation(state.to(torch.float64), target_p)
+        noise = torch.randn(true.shape, generator=self.generator, dtype=torch.float64) * self.noise_std
+        noisy = (true + noise).to(self.dtype)
+        hist = self.history.reshape(self.n, -1)
+        return Observation(actor=noisy, privileged=torch.cat([noisy, hist], -1),
+                           critic=torch.cat([true.to(self.dtype), hist], -1))
+
+    def _reset_drones(self, mask: torch.Tensor) -> None:
+        idx = mask.nonzero().squeeze(-1)
+        if len(idx) == 0:
+            return
+        self.steps[idx] = 0
+        target_p, _ = self._target(self.steps)
+        start = T.sample_start(self.config.start_distribution, self.n, target_p, self.model.hover_rotor_speed,
+                               self.generator)
+        self.engine.reset(start.select(idx), idx)
+        self.history[idx] = self.config.hover_action
+        self.active[idx] = True
+        for v in self._stats.values():
+            v[idx] = 0
+
+    def reset(self, seed: int | None = None) -> tuple[Observation, dict]:
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        self.steps.zero_()
+        self._reset_drones(torch.ones(self.n, dtype=torch.bool))
+        return self._observe(self.engine.state), {}
+
+    # --- stepping -----------------------------------------------------------------------
+    def step(self, action: torch.Tensor):
+        action = torch.as_tensor(action).to(self.dtype).clamp(-1.0, 1.0)
+        if action.shape != (self.n, 4):
+            raise ValueError(f"action must have shape ({self.n}, 4), got {tuple(action.shape)}")
+        if not torch.isfinite(action).all():
+            raise ValueError("action contains NaN or inf")
+        state = self.engine.step(action)
+        self.steps += 1
+        self.history = torch.cat([self.history[:, 1:], action[:, None]], 1)
+        s64 = state.to(torch.float64)
+        target_p, target_v = self._target(self.steps)
+        r = T.reward(s64, action.to(torch.float64), target_p, target_v, self.weights, self.config.attitude_error,
+                     self.config.hover_action)
+        terminated = T.crashed(s64, target_p, self.config.termination_distance)
+        r = torch.nan_to_num(r, nan=0.0, posinf=0.0, neginf=0.0)
+        truncated = (self.steps >= self.config.episode_steps) & ~terminated
+        was_active = self.active.clone()
+        self._accumulate(s64, action, target_p, r, was_active)
+        if not self.autoreset:
+            r = torch.where(was_active, r, 0.0)
+            terminated &= was_active
+            truncated &= was_active
+        done = terminated | truncated
+        info = {"episodes": self._episode_stats(done, terminated)}
+        obs = self._observe(state)
+        if self.autoreset and done.any():
+            info["final_obs"] = obs
+            info["done_mask"] = done
+            self._reset_drones(done)
+            obs = self._observe(self.engine.state)
+        elif not self.autoreset:
+            self.active &= ~done
+        return obs, r.to(self.dtype), terminated, truncated, info
+
+    def _accumulate(self, s64, action, target_p, r, active):
+        half = self.config.episode_steps // 2
+        late = (self.steps > half) & active
+        err = (s64.position - target_p).norm(dim=-1)
+        st = self._stats
+        st["return"] += torch.where(active, r, 0.0)
+        st["late_error"] += torch.where(late, torch.nan_to_num(err, nan=0.0), 0.0)
+        st["late_steps"] += late.double()
+        dev = (action.to(torch.float64) - self.config.hover_action).abs().mean(-1)
+        st["action_dev"] += torch.where(active, dev, 0.0)
+
+    def _episode_stats(self, done: torch.Tensor, terminated: torch.Tensor) -> list[dict]:
+        """Per finished episode: return, length, survived, late position error (last half), action deviation."""
+        out = []
+        for i in done.nonzero().squeeze(-1).tolist():
+            st = self._stats
+            late = st["late_steps"][i].item()
+            out.append({
+                "drone": i, "return": st["return"][i].item(), "length": int(self.steps[i]),
+                "survived": not bool(terminated[i]),
+                "position_error": st["late_error"][i].item() / late if late else float("nan"),
+                "action_deviation": st["action_dev"][i].item() / max(int(self.steps[i]), 1),
+            })
+        return out
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def summarize(episodes: list[dict]) -> dict:
+    """Aggregate episode statistics: the metrics of task.md section 2."""
+    if not episodes:
+        raise ValueError("no finished episodes to summarize")
+    ret = np.array([e["return"] for e in episodes])
+    surv = np.array([e["survived"] for e in episodes])
+    err = np.array([e["position_error"] for e in episodes if e["survived"]])
+    return {
+        "episodes": len(episodes),
+        "return_mean": float(ret.mean()), "return_std": float(ret.std()),
+        "survival_rate": float(surv.mean()),
+        "position_error_mean": float(err.mean()) if len(err) else float("nan"),
+        "action_deviation_mean": float(np.mean([e["action_deviation"] for e in episodes])),
+    }
+
+
+def evaluate(policy, config: T.TaskConfig, episodes: int = 100, engine: str = "batched", seed: int = 0,
+             dtype: torch.dtype = torch.float64, engine_options: dict | None = None) -> dict:
+    """Run ``episodes`` episodes in parallel and summarize them.
+
+    ``policy(obs: Observation) -> actions (N, 4)`` is called every step; policies with state
+    expose ``reset()``, called once before the episodes start.
+    """
+    env = FlightEnv(config, episodes, engine=engine, seed=seed, autoreset=False, dtype=dtype,
+                    engine_options=engine_options)
+    try:
+        obs, _ = env.reset()
+        if hasattr(policy, "reset"):
+            policy.reset()
+        finished = []
+        for _ in range(config.episode_steps):
+            with torch.no_grad():
+                action = policy(obs)
+            obs, _, _, _, info = env.step(action)
+            finished += info["episodes"]
+            if not env.active.any():
+                break
+        return summarize(finished)
+    finally:
+        env.close()
+
+
+class CrazyflieEnv(gymnasium.Env):
+    """Single-drone Gymnasium environment of the paper task.
+
+    Observation: the 18-value actor observation (``privileged=True``: the 146-value one).
+    Action: 4 motor commands in [-1, 1]. ``render_mode="human"`` opens the pybullet GUI.
+    """
+
+    metadata = {"render_modes": ["human"], "render_fps": 100}
+
+    def __init__(self, config: T.TaskConfig | None = None, engine: str = "pybullet", privileged: bool = False,
+                 render_mode: str | None = None, **config_overrides):
+        config = (config or T.TaskConfig()).with_options(**config_overrides)
+        self.privileged = privileged
+        self.render_mode = render_mode
+        options = {"gui": True} if render_mode == "human" else {}
+        if render_mode == "human" and engine != "pybullet":
+            raise ValueError("render_mode='human' needs the pybullet engine")
+        self._env = FlightEnv(config, 1, engine=engine, autoreset=False, dtype=torch.float64, engine_options=options)
+        dim = T.PRIVILEGED_OBS_DIM if privileged else T.OBS_DIM
+        self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (dim,), np.float64)
+        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (4,), np.float64)
+
+    def _obs(self, obs: Observation) -> np.ndarray:
+        return (obs.privileged if self.privileged else obs.actor)[0].numpy().copy()
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        obs, _ = self._env.reset(seed=seed)
+        return self._obs(obs), {"state": self._env.engine.state.as_numpy()}
+
+    def step(self, action):
+        obs, r, term, trunc, info = self._env.step(torch.as_tensor(np.asarray(action, dtype=np.float64)[None]))
+        out = {"state": self._env.engine.state.as_numpy()}
+        if info["episodes"]:
+            out["episode"] = info["episodes"][0]
+        return self._obs(obs), float(r[0]), bool(term[0]), bool(trunc[0]), out
+
+    def close(self):
+        self._env.close()
+
+
+gymnasium.register(id="snn_controller/Crazyflie-v0", entry_point=CrazyflieEnv, max_episode_steps=None)

@@ -1,0 +1,247 @@
+"""Cascaded PID controller: position -> attitude -> body rates -> per-rotor commands.
+
+Batched numpy (N drones) and free of torch, so the deployment path and the ROS nodes can
+use it without the training stack. It is the guide for the spiking policy's warm-up and the
+failsafe, and it flies drones through the ROS ``pid_controller`` node.
+
+Loops (all gains per second, SI units):
+1. position:  a_cmd = kp e_p + ki int(e_p) + kd (v_ref - v), horizontal part clipped to
+   ``max_tilt_deg`` worth of acceleration; thrust vector F = m (a_cmd + g z).
+2. attitude (tilt-prioritised, Brescianini & D'Andrea 2018): the error quaternion
+   q_e = q^-1 q_des is split into a tilt part and a yaw part; omega_des = 2 k_tilt q_tilt,xy + 2 k_yaw q_yaw,z,
+   so the drone rights itself before it turns, and can recover from any tilt.
+3. rates: tau = I (k_rate (omega_des - omega)) + omega x I omega.
+4. mixer with priorities: collective thrust and roll/pitch are kept, yaw gets what is left
+   within the rotors' thrust range; thrust is inverted through the drone's thrust curve.
+5. motor lag: a model of the rotor lag, fed with the controller's own commands, adds a lead
+   of ``lag_compensation`` times the dead-beat correction.
+Observation noise is filtered by a fixed-gain position/velocity observer in the error frame.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import build, load_yaml
+from .drone import DroneModel
+
+
+@dataclass(frozen=True)
+class PIDGains:
+    """Gains of the cascaded controller (config/controllers/pid.yaml)."""
+
+    kp_xy: float = 6.0  # 1/s^2
+    kp_z: float = 8.0
+    kd_xy: float = 4.0  # 1/s
+    kd_z: float = 5.0
+    ki_xy: float = 0.5  # 1/s^3
+    ki_z: float = 0.5
+    integral_limit: float = 0.1  # m s, per axis
+    integral_zone: float = 0.1  # m, integrate only while the position error is smaller
+    max_tilt_deg: float = 40.0  # horizontal acceleration limit as a tilt angle
+    max_accel_z: float = 8.0  # m/s^2, vertical acceleration command limit
+    k_tilt: float = 8.0  # 1/s, tilt angle error -> body rate
+    k_yaw: float = 3.0  # 1/s
+    max_rate_xy: float = 15.0  # rad/s, body rate command limit
+    max_rate_z: float = 4.0
+    k_rate_xy: float = 35.0  # 1/s, rate error -> angular acceleration
+    k_rate_z: float = 10.0
+    lag_compensation: float = 0.2  # fraction of the dead-beat motor lead (0: none, 1: dead-beat)
+    observer_position_gain: float = 0.15  # per step, position correction of the observer (1: no filter)
+    observer_velocity_gain: float = 0.3  # per step, velocity correction from the measured velocity
+    observer_cross_gain: float = 0.02  # per step, velocity correction from the position innovation
+
+
+def load_pid_gains(path) -> PIDGains:
+    return build(PIDGains, load_yaml(path), str(path))
+
+
+def _quat_mul(a, b):
+    aw, ax, ay, az = np.moveaxis(a, -1, 0)
+    bw, bx, by, bz = np.moveaxis(b, -1, 0)
+    return np.stack([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
+                     aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw], -1)
+
+
+def _matrix_to_quat(m):
+    """(N, 3, 3) -> (N, 4) w, x, y, z; robust for any rotation."""
+    tr = np.stack([1 + m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2], 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2],
+                   1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2], 1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], -1)
+    k = tr.argmax(-1)
+    c = np.stack([
+        np.stack([tr[:, 0], m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]], -1),
+        np.stack([m[:, 2, 1] - m[:, 1, 2], tr[:, 1], m[:, 0, 1] + m[:, 1, 0], m[:, 0, 2] + m[:, 2, 0]], -1),
+        np.stack([m[:, 0, 2] - m[:, 2, 0], m[:, 0, 1] + m[:, 1, 0], tr[:, 2], m[:, 1, 2] + m[:, 2, 1]], -1),
+        np.stack([m[:, 1, 0] - m[:, 0, 1], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 2] + m[:, 2, 1], tr[:, 3]], -1),
+    ], 1)
+    q = c[np.arange(len(k)), k]
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    return q * np.where(q[:, :1] < 0, -1.0, 1.0)
+
+
+class PIDController:
+    """Batched cascaded controller for ``n`` drones of one model.
+
+    Call with the 18-value observation (N, 18) (position error, rotation matrix row-major, world
+    velocity, body rates); optional ``target_velocity`` (N, 3) and ``target_yaw`` (N,) [rad].
+    Returns motor commands (N, 4) in [-1, 1]. ``reset(mask)`` clears the state of some drones.
+    """
+
+    def __init__(self, model: DroneModel, n: int = 1, dt: float = 0.01, gains: PIDGains | None = None):
+        self.model, self.n, self.dt = model, n, dt
+        self.gains = gains or PIDGains()
+        g = self.gains
+        r = np.array(model.rotor_positions)
+        d = np.array(model.rotor_directions)
+        # [f, tau_x, tau_y, tau_z] = A @ T
+        self.allocation = np.stack([np.ones(4), r[:, 1], -r[:, 0], d * model.torque_to_thrust])
+        self.allocation_inv = np.linalg.inv(self.allocation)
+        c0, c1, c2 = model.thrust_coefficients
+        w_min_thrust = min(max(-c1 / (2 * c2), 0.0), 1.0) if c2 else 0.0
+        self.thrust_min = max(model.thrust(w_min_thrust), 0.0)
+        self.thrust_max = model.thrust(1.0)
+        self.inertia = np.array(model.inertia)
+        tau = model.motor_time_constant
+        self.motor_blend = 1 - math.exp(-dt / tau) if tau > 0 else 1.0
+        self.max_accel_xy = model.gravity * math.tan(math.radians(g.max_tilt_deg))
+        self.reset()
+
+    def reset(self, mask=None) -> None:
+        """Zero the integrators and observers (all drones, or those where ``mask`` is True)."""
+        if mask is None:
+            self.integral = np.zeros((self.n, 3))
+            self.rotor_estimate = np.full((self.n, 4), self.model.hover_rotor_speed)
+            self.p_hat = np.zeros((self.n, 3))
+            self.v_hat = np.zeros((self.n, 3))
+            self.initialised = np.zeros(self.n, dtype=bool)
+            self.last_accel = np.zeros((self.n, 3))
+            return
+        mask = np.asarray(mask, dtype=bool)
+        self.integral[mask] = 0
+        self.rotor_estimate[mask] = self.model.hover_rotor_speed
+        self.initialised[mask] = False
+        self.last_accel[mask] = 0
+
+    def _observe(self, p_err, v):
+        """Fixed-gain observer of position error and velocity (filters observation noise)."""
+        g, dt = self.gains, self.dt
+        fresh = ~self.initialised
+        self.p_hat[fresh], self.v_hat[fresh] = p_err[fresh], v[fresh]
+        self.initialised[:] = True
+        p_pred = self.p_hat + self.v_hat * dt + 0.5 * self.last_accel * dt * dt
+        v_pred = self.v_hat + self.last_accel * dt
+        innov = p_err - p_pred
+        self.p_hat = p_pred + g.observer_position_gain * innov
+        self.v_hat = v_pred + g.observer_velocity_gain * (v - v_pred) + g.observer_cross_gain * innov / dt
+        return self.p_hat, self.v_hat
+
+    def __call__(self, obs: np.ndarray, target_velocity: np.ndarray | None = None,
+                 target_yaw: np.ndarray | None = None) -> np.ndarray:
+        obs = np.asarray(obs, dtype=np.float64)
+        if obs.shape != (self.n, 18):
+            raise ValueError(f"observation must have shape ({self.n}, 18), got {obs.shape}")
+        g, m = self.gains, self.model
+        rot = obs[:, 3:12].reshape(-1, 3, 3)
+        omega = obs[:, 15:18]
+        p_err, v = self._observe(obs[:, 0:3], obs[:, 12:15])
+        v_ref = np.zeros((self.n, 3)) if target_velocity is None else np.asarray(target_velocity)
+
+        # 1. position loop -> desired acceleration
+        kp = np.array([g.kp_xy, g.kp_xy, g.kp_z])
+        kd = np.array([g.kd_xy, g.kd_xy, g.kd_z])
+        ki = np.array([g.ki_xy, g.ki_xy, g.ki_z])
+        # Integrate only near the target: during a transient the integral would only wind up.
+        near = np.linalg.norm(p_err, axis=-1, keepdims=True) < g.integral_zone
+        self.integral = np.clip(self.integral - near * p_err * self.dt, -g.integral_limit, g.integral_limit)
+        accel = -kp * p_err + kd * (v_ref - v) + ki * self.integral
+        horiz = np.linalg.norm(accel[:, :2], axis=-1, keepdims=True)
+        accel[:, :2] *= np.minimum(1.0, self.max_accel_xy / np.maximum(horiz, 1e-9))
+        accel[:, 2] = np.clip(accel[:, 2], -0.8 * m.gravity, g.max_accel_z)
+        force = m.mass * (accel + np.array([0.0, 0.0, m.gravity]))
+        body_z = rot[:, :, 2]
+        collective = np.maximum(np.einsum("ni,ni->n", force, body_z), 4 * self.thrust_min)
+        self.last_accel = body_z * (collective / m.mass)[:, None] - np.array([0.0, 0.0, m.gravity])
+
+        # 2. desired attitude from thrust direction and yaw, tilt-prioritised error
+        yaw = np.zeros(self.n) if target_yaw is None else np.asarray(target_yaw)
+        z_des = force / np.linalg.norm(force, axis=-1, keepdims=True)
+        x_c = np.stack([np.cos(yaw), np.sin(yaw), np.zeros(self.n)], -1)
+        y_des = np.cross(z_des, x_c)
+        y_des /= np.linalg.norm(y_des, axis=-1, keepdims=True)
+        x_des = np.cross(y_des, z_des)
+        q_des = _matrix_to_quat(np.stack([x_des, y_des, z_des], -1))
+        q = _matrix_to_quat(rot)
+        q_e = _quat_mul(q * np.array([1, -1, -1, -1]), q_des)  # q^-1 q_des, in the body frame
+        w, x, y, z = np.moveaxis(q_e, -1, 0)
+        norm_wz = np.sqrt(w * w + z * z) + 1e-12
+        tilt_x = (w * x - y * z) / norm_wz
+        tilt_y = (w * y + x * z) / norm_wz
+        yaw_z = np.sign(w + 1e-12) * z / norm_wz
+        rate_des = np.stack([2 * g.k_tilt * tilt_x, 2 * g.k_tilt * tilt_y, 2 * g.k_yaw * yaw_z], -1)
+        rate_des = np.clip(rate_des, [-g.max_rate_xy, -g.max_rate_xy, -g.max_rate_z],
+                           [g.max_rate_xy, g.max_rate_xy, g.max_rate_z])
+
+        # 3. rate loop -> body torque
+        k_rate = np.array([g.k_rate_xy, g.k_rate_xy, g.k_rate_z])
+        i_omega = self.inertia * omega
+        torque = self.inertia * (k_rate * (rate_des - omega)) + np.cross(omega, i_omega)
+
+        # 4. mixer with priorities
+        thrust = self._mix(collective, torque)
+        w_des = self._rotor_speed_for(thrust)
+
+        # 5. motor lag lead
+        if self.motor_blend < 1.0:
+            lead = g.lag_compensation * (1 / self.motor_blend - 1)
+            w_cmd = np.clip(w_des + lead * (w_des - self.rotor_estimate), 0.0, 1.0)
+            self.rotor_estimate += (w_cmd - self.rotor_estimate) * self.motor_blend
+        else:
+            w_cmd = w_des
+        return 2 * w_cmd - 1
+
+    def _mix(self, collective, torque):
+        lo, hi = self.thrust_min, self.thrust_max
+        a_inv = self.allocation_inv
+        base = np.zeros((self.n, 4))
+        base[:, 0] = collective
+        base[:, 1:3] = torque[:, :2]
+        t_rp = base @ a_inv.T  # collective + roll/pitch
+        mean = t_rp.mean(-1, keepdims=True)
+        diff = t_rp - mean
+        span = diff.max(-1, keepdims=True) - diff.min(-1, keepdims=True)
+        diff *= np.minimum(1.0, (hi - lo) / np.maximum(span, 1e-12))  # keep roll/pitch ratio, shrink if needed
+        mean = np.clip(mean, lo - diff.min(-1, keepdims=True), hi - diff.max(-1, keepdims=True))  # then collective
+        t_rp = mean + diff
+        yaw_basis = np.zeros((self.n, 4))
+        yaw_basis[:, 3] = torque[:, 2]
+        d_yaw = yaw_basis @ a_inv.T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            room = np.where(d_yaw > 0, (hi - t_rp) / d_yaw, np.where(d_yaw < 0, (lo - t_rp) / d_yaw, np.inf))
+        scale = np.clip(room.min(-1, keepdims=True), 0.0, 1.0)  # yaw gets what is left
+        return np.clip(t_rp + scale * d_yaw, lo, hi)
+
+    def _rotor_speed_for(self, thrust):
+        c0, c1, c2 = self.model.thrust_coefficients
+        if c2 == 0:
+            return np.clip((thrust - c0) / c1, 0.0, 1.0)
+        disc = np.maximum(c1 * c1 - 4 * c2 * (c0 - thrust), 0.0)
+        return np.clip((-c1 + np.sqrt(disc)) / (2 * c2), 0.0, 1.0)
+
+
+class PIDPolicy:
+    """Adapter: a :class:`PIDController` as a policy of :class:`~snn_controller.envs.FlightEnv`."""
+
+    def __init__(self, model: DroneModel, n: int, dt: float = 0.01, gains: PIDGains | None = None):
+        self.controller = PIDController(model, n, dt, gains)
+
+    def reset(self, mask=None):
+        self.controller.reset(None if mask is None else np.asarray(mask))
+
+    def __call__(self, obs):
+        import torch
+
+        actor = obs.actor
+        return torch.as_tensor(self.controller(actor.double().numpy()), dtype=actor.dtype)

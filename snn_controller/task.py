@@ -1,0 +1,252 @@
+"""The paper's flight task (task.md section 2): observations, reward, curriculum, starts, targets.
+
+Pure functions on batched torch tensors, independent of the engine that produced the state.
+Shapes: N drones; ``obs`` (N, 18) = position error p - p_target (3), rotation matrix row-major (9),
+world velocity (3), body rates (3); privileged observation (N, 146) = those 18 + the last 32
+actions (4 each, oldest first).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+
+from .config import ConfigError, build, load_yaml
+from .state import DroneState, quaternion_to_matrix
+
+OBS_DIM = 18
+HISTORY = 32
+PRIVILEGED_OBS_DIM = OBS_DIM + 4 * HISTORY  # 146
+OBS_LAYOUT = ("position_error:3", "rotation_matrix:9", "velocity_world:3", "angular_velocity_body:3")
+
+
+@dataclass(frozen=True)
+class RewardWeights:
+    """r = survive - position ||p_err||^2 - velocity ||v - v_ref||^2 - attitude e_q - action ||a - a_hover||^2."""
+
+    position: float  # C_rp
+    velocity: float  # C_rv
+    attitude: float  # C_rq
+    action: float  # C_ra
+    survive: float  # C_rs
+
+
+@dataclass(frozen=True)
+class Curriculum:
+    """Reward weights tightening linearly from ``start`` to ``end`` over ``stages`` stages (paper Table 5)."""
+
+    start: RewardWeights = RewardWeights(position=1.0, velocity=0.01, attitude=0.25, action=0.14, survive=1.0)
+    end: RewardWeights = RewardWeights(position=3.5, velocity=0.10, attitude=0.25, action=0.50, survive=1.0)
+    stages: int = 6
+
+    def __post_init__(self):
+        if self.stages < 1:
+            raise ConfigError(f"curriculum.stages must be >= 1, got {self.stages}")
+
+    def weights(self, stage: int) -> RewardWeights:
+        if not 0 <= stage < self.stages:
+            raise ValueError(f"curriculum stage must be in [0, {self.stages - 1}], got {stage}")
+        f = stage / (self.stages - 1) if self.stages > 1 else 1.0
+        mix = lambda a, b: a + f * (b - a)  # noqa: E731
+        s, e = self.start, self.end
+        return RewardWeights(*(mix(getattr(s, k), getattr(e, k)) for k in RewardWeights.__dataclass_fields__))
+
+
+@dataclass(frozen=True)
+class ObservationNoise:
+    """Gaussian noise std on the actor's and guide's inputs; reward and termination use the true state."""
+
+    position: float = 0.05  # m
+    rotation: float = 0.001  # per rotation-matrix entry
+    velocity: float = 0.1  # m/s
+    angular_velocity: float = 0.2  # rad/s
+
+
+@dataclass(frozen=True)
+class StartDistribution:
+    """Initial states around the target."""
+
+    at_target_probability: float = 0.1  # start exactly at the target, at rest, rotors at hover
+    position_range: float = 0.5  # m, U(-r, r) per axis
+    max_tilt_deg: float = 90.0  # body z within this angle of world z; yaw uniform
+    velocity_range: float = 1.0  # m/s, U(-r, r) per axis
+    angular_velocity_range: float = 1.0  # rad/s, U(-r, r) per axis
+    rotor_speed: Literal["uniform", "hover"] = "uniform"
+
+
+STARTS = {
+    "paper": StartDistribution(),
+    "moderate": StartDistribution(max_tilt_deg=30.0, velocity_range=0.5, rotor_speed="hover"),
+}
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Where the drone should be, as a function of episode time (world frame)."""
+
+    kind: Literal["fixed", "waypoints", "circle", "figure8"] = "fixed"
+    position: tuple[float, float, float] = (0.0, 0.0, 1.0)  # fixed target; centre of circle / figure eight
+    waypoints: tuple[tuple[float, float, float], ...] = ()  # visited in order, dwell seconds each
+    dwell: float = 2.0  # s per waypoint
+    radius: float = 0.3  # m, circle radius / figure-eight half width
+    period: float = 8.0  # s per lap
+
+    def __post_init__(self):
+        if self.kind == "waypoints" and not self.waypoints:
+            raise ConfigError("target.waypoints must list at least one point for kind 'waypoints'")
+        if self.period <= 0 or self.dwell <= 0:
+            raise ConfigError("target.period and target.dwell must be > 0")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The hover / tracking task of task.md section 2. Defaults are the paper's."""
+
+    drone: str = "cf21"  # drone model name or path
+    dt: float = 0.01  # s, control period (100 Hz)
+    episode_steps: int = 500  # 5 s
+    start: str = "paper"  # named start distribution: paper | moderate
+    stage: int = 5  # curriculum stage used for the reward (0 .. stages-1)
+    curriculum: Curriculum = field(default_factory=Curriculum)
+    noise: ObservationNoise = field(default_factory=ObservationNoise)
+    attitude_error: Literal["angle", "yaw"] = "angle"  # angle: squared rotation angle to level, yaw 0;
+    # yaw: the authors' code, 2 acos(1 - q_z^2)
+    hover_action: float = 2 * 0.667 - 1  # a_hover in the action penalty (task.md)
+    termination_distance: float = 0.6  # m, crash when any |position error component| exceeds it
+    target: TargetConfig = field(default_factory=TargetConfig)
+
+    def __post_init__(self):
+        if self.start not in STARTS:
+            raise ConfigError(f"start must be one of {sorted(STARTS)}, got {self.start!r}")
+        if self.dt <= 0 or self.episode_steps < 1:
+            raise ConfigError("dt must be > 0 and episode_steps >= 1")
+        self.curriculum.weights(self.stage)  # validates the stage
+
+    @property
+    def start_distribution(self) -> StartDistribution:
+        return STARTS[self.start]
+
+    def with_options(self, **changes) -> "TaskConfig":
+        return replace(self, **changes)
+
+
+def load_task_config(path) -> TaskConfig:
+    return build(TaskConfig, load_yaml(path), str(path))
+
+
+# --- targets ------------------------------------------------------------------------
+def target_at(target: TargetConfig, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target position and velocity (N, 3) at episode times ``t`` (N,) [s]."""
+    centre = torch.tensor(target.position, dtype=t.dtype).expand(t.shape[0], 3)
+    zero = torch.zeros_like(centre)
+    if target.kind == "fixed":
+        return centre.clone(), zero
+    if target.kind == "waypoints":
+        points = torch.tensor(target.waypoints, dtype=t.dtype)
+        idx = (t / target.dwell).long().clamp(max=len(points) - 1)
+        return points[idx], zero
+    omega = 2 * math.pi / target.period
+    ph = omega * t
+    r = target.radius
+    if target.kind == "circle":
+        offset = torch.stack([r * torch.cos(ph) - r, r * torch.sin(ph), torch.zeros_like(ph)], -1)
+        vel = torch.stack([-r * omega * torch.sin(ph), r * omega * torch.cos(ph), torch.zeros_like(ph)], -1)
+    else:  # figure eight (Gerono lemniscate), starting at the centre
+        offset = torch.stack([r * torch.sin(ph), r * torch.sin(ph) * torch.cos(ph), torch.zeros_like(ph)], -1)
+        vel = torch.stack([r * omega * torch.cos(ph), r * omega * torch.cos(2 * ph), torch.zeros_like(ph)], -1)
+    return centre + offset, vel
+
+
+# --- observation --------------------------------------------------------------------
+def observation(state: DroneState, target_position: torch.Tensor) -> torch.Tensor:
+    """The true 18-value actor observation (N, 18)."""
+    rot = quaternion_to_matrix(state.quaternion).reshape(-1, 9)
+    return torch.cat([state.position - target_position, rot, state.velocity, state.angular_velocity], -1)
+
+
+def observation_noise_std(noise: ObservationNoise, dtype=torch.float64) -> torch.Tensor:
+    return torch.tensor([noise.position] * 3 + [noise.rotation] * 9 + [noise.velocity] * 3
+                        + [noise.angular_velocity] * 3, dtype=dtype)
+
+
+# --- reward and termination -----------------------------------------------------------
+def attitude_error(quaternion: torch.Tensor, kind: str) -> torch.Tensor:
+    """e_q (N,): 'angle' = squared rotation angle from level with yaw 0; 'yaw' = 2 acos(1 - q_z^2)."""
+    if kind == "angle":
+        return (2 * torch.acos(quaternion[:, 0].abs().clamp(max=1.0))) ** 2
+    return 2 * torch.acos((1 - quaternion[:, 3] ** 2).clamp(-1.0, 1.0))
+
+
+def reward(state: DroneState, action: torch.Tensor, target_position: torch.Tensor, target_velocity: torch.Tensor,
+           weights: RewardWeights, attitude: str = "angle", hover_action: float = 0.334) -> torch.Tensor:
+    """Per-step reward (N,) of task.md section 2 from the true state."""
+    p_err = state.position - target_position
+    v_err = state.velocity - target_velocity
+    return (weights.survive
+            - weights.position * (p_err**2).sum(-1)
+            - weights.velocity * (v_err**2).sum(-1)
+            - weights.attitude * attitude_error(state.quaternion, attitude)
+            - weights.action * ((action - hover_action) ** 2).sum(-1))
+
+
+def crashed(state: DroneState, target_position: torch.Tensor, distance: float) -> torch.Tensor:
+    """(N,) bool: any |position error component| > distance, or a non-finite state."""
+    far = ((state.position - target_position).abs() > distance).any(-1)
+    return far | ~state.is_finite()
+
+
+# --- initial states -------------------------------------------------------------------
+def sample_start(dist: StartDistribution, n: int, target_position: torch.Tensor, hover_rotor_speed: float,
+                 generator: torch.Generator) -> DroneState:
+    """N initial states (float64) drawn from ``dist`` around ``target_position`` (N, 3)."""
+    f64 = torch.float64
+    u = lambda *shape: torch.rand(*shape, generator=generator, dtype=f64)  # noqa: E731
+    at_target = u(n) < dist.at_target_probability
+    position = target_position.to(f64) + (2 * u(n, 3) - 1) * dist.position_range
+    # Body z uniform on the spherical cap of half-angle max_tilt, yaw uniform.
+    cos_max = math.cos(math.radians(dist.max_tilt_deg))
+    cos_tilt = 1 - u(n) * (1 - cos_max)
+    tilt = torch.acos(cos_tilt.clamp(-1, 1))
+    axis_angle = 2 * math.pi * u(n)
+    yaw = 2 * math.pi * u(n)
+    # q = q_tilt(axis in the xy plane) * q_yaw(z)
+    ht, hy = tilt / 2, yaw / 2
+    ax, ay = torch.cos(axis_angle), torch.sin(axis_angle)
+    qt = torch.stack([torch.cos(ht), ax * torch.sin(ht), ay * torch.sin(ht), torch.zeros_like(ht)], -1)
+    qy = torch.stack([torch.cos(hy), torch.zeros_like(hy), torch.zeros_like(hy), torch.sin(hy)], -1)
+    quaternion = quaternion_multiply(qt, qy)
+    velocity = (2 * u(n, 3) - 1) * dist.velocity_range
+    angular_velocity = (2 * u(n, 3) - 1) * dist.angular_velocity_range
+    if dist.rotor_speed == "uniform":
+        rotor_speed = u(n, 4)
+    else:
+        rotor_speed = torch.full((n, 4), hover_rotor_speed, dtype=f64)
+    # Starts at the target: at rest, level, yaw 0, rotors at hover.
+    m = at_target[:, None]
+    position = torch.where(m, target_position.to(f64), position)
+    quaternion = torch.where(m, torch.tensor([1.0, 0, 0, 0], dtype=f64), quaternion)
+    velocity = torch.where(m, 0.0, velocity)
+    angular_velocity = torch.where(m, 0.0, angular_velocity)
+    rotor_speed = torch.where(m, hover_rotor_speed, rotor_speed)
+    return DroneState(position, quaternion, velocity, angular_velocity, rotor_speed)
+
+
+def quaternion_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack([
+        aw * bw - ax * bx - ay * by - az * bz,
+        aw * bx + ax * bw + ay * bz - az * by,
+        aw * by - ax * bz + ay * bw + az * bx,
+        aw * bz + ax * by - ay * bx + az * bw,
+    ], -1)
+
+
+def tilt_deg(quaternion: torch.Tensor) -> torch.Tensor:
+    """Angle between body z and world z [deg] (N,)."""
+    qx, qy = quaternion[:, 1], quaternion[:, 2]
+    return torch.rad2deg(torch.acos((1 - 2 * (qx * qx + qy * qy)).clamp(-1, 1)))
+
