@@ -25,61 +25,41 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import build, load_yaml
+from .config import build, load_yaml, package_root
 from .drone import DroneModel
+from .geometry import matrix_to_quat, quat_multiply
 
 
 @dataclass(frozen=True)
 class PIDGains:
-    """Gains of the cascaded controller (config/controllers/pid.yaml)."""
+    """Gains of the cascaded controller; the values live in config/controllers/pid.yaml."""
 
-    kp_xy: float = 6.0  # 1/s^2
-    kp_z: float = 8.0
-    kd_xy: float = 4.0  # 1/s
-    kd_z: float = 5.0
-    ki_xy: float = 0.5  # 1/s^3
-    ki_z: float = 0.5
-    integral_limit: float = 0.1  # m s, per axis
-    integral_zone: float = 0.1  # m, integrate only while the position error is smaller
-    max_tilt_deg: float = 40.0  # horizontal acceleration limit as a tilt angle
-    max_accel_z: float = 8.0  # m/s^2, vertical acceleration command limit
-    k_tilt: float = 8.0  # 1/s, tilt angle error -> body rate
-    k_yaw: float = 3.0  # 1/s
-    max_rate_xy: float = 15.0  # rad/s, body rate command limit
-    max_rate_z: float = 4.0
-    k_rate_xy: float = 35.0  # 1/s, rate error -> angular acceleration
-    k_rate_z: float = 10.0
-    lag_compensation: float = 0.2  # fraction of the dead-beat motor lead (0: none, 1: dead-beat)
-    observer_position_gain: float = 0.15  # per step, position correction of the observer (1: no filter)
-    observer_velocity_gain: float = 0.3  # per step, velocity correction from the measured velocity
-    observer_cross_gain: float = 0.02  # per step, velocity correction from the position innovation
+    kp_xy: float  # 1/s^2
+    kp_z: float
+    kd_xy: float  # 1/s
+    kd_z: float
+    ki_xy: float  # 1/s^3
+    ki_z: float
+    integral_limit: float  # m s, per axis
+    integral_zone: float  # m, integrate only while the position error is smaller
+    max_tilt_deg: float  # horizontal acceleration limit as a tilt angle
+    max_accel_z: float  # m/s^2, vertical acceleration command limit
+    k_tilt: float  # 1/s, tilt angle error -> body rate
+    k_yaw: float  # 1/s
+    max_rate_xy: float  # rad/s, body rate command limit
+    max_rate_z: float
+    k_rate_xy: float  # 1/s, rate error -> angular acceleration
+    k_rate_z: float
+    lag_compensation: float  # fraction of the dead-beat motor lead (0: none, 1: dead-beat)
+    observer_position_gain: float  # per step, position correction of the observer (1: no filter)
+    observer_velocity_gain: float  # per step, velocity correction from the measured velocity
+    observer_cross_gain: float  # per step, velocity correction from the position innovation
 
 
-def load_pid_gains(path) -> PIDGains:
+def load_pid_gains(path=None) -> PIDGains:
+    """Gains from a YAML file; default: the package's config/controllers/pid.yaml."""
+    path = path or package_root() / "config" / "controllers" / "pid.yaml"
     return build(PIDGains, load_yaml(path), str(path))
-
-
-def _quat_mul(a, b):
-    aw, ax, ay, az = np.moveaxis(a, -1, 0)
-    bw, bx, by, bz = np.moveaxis(b, -1, 0)
-    return np.stack([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
-                     aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw], -1)
-
-
-def _matrix_to_quat(m):
-    """(N, 3, 3) -> (N, 4) w, x, y, z; robust for any rotation."""
-    tr = np.stack([1 + m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2], 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2],
-                   1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2], 1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], -1)
-    k = tr.argmax(-1)
-    c = np.stack([
-        np.stack([tr[:, 0], m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]], -1),
-        np.stack([m[:, 2, 1] - m[:, 1, 2], tr[:, 1], m[:, 0, 1] + m[:, 1, 0], m[:, 0, 2] + m[:, 2, 0]], -1),
-        np.stack([m[:, 0, 2] - m[:, 2, 0], m[:, 0, 1] + m[:, 1, 0], tr[:, 2], m[:, 1, 2] + m[:, 2, 1]], -1),
-        np.stack([m[:, 1, 0] - m[:, 0, 1], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 2] + m[:, 2, 1], tr[:, 3]], -1),
-    ], 1)
-    q = c[np.arange(len(k)), k]
-    q /= np.linalg.norm(q, axis=-1, keepdims=True)
-    return q * np.where(q[:, :1] < 0, -1.0, 1.0)
 
 
 class PIDController:
@@ -92,7 +72,7 @@ class PIDController:
 
     def __init__(self, model: DroneModel, n: int = 1, dt: float = 0.01, gains: PIDGains | None = None):
         self.model, self.n, self.dt = model, n, dt
-        self.gains = gains or PIDGains()
+        self.gains = gains or load_pid_gains()
         g = self.gains
         r = np.array(model.rotor_positions)
         d = np.array(model.rotor_directions)
@@ -172,9 +152,9 @@ class PIDController:
         y_des = np.cross(z_des, x_c)
         y_des /= np.linalg.norm(y_des, axis=-1, keepdims=True)
         x_des = np.cross(y_des, z_des)
-        q_des = _matrix_to_quat(np.stack([x_des, y_des, z_des], -1))
-        q = _matrix_to_quat(rot)
-        q_e = _quat_mul(q * np.array([1, -1, -1, -1]), q_des)  # q^-1 q_des, in the body frame
+        q_des = matrix_to_quat(np.stack([x_des, y_des, z_des], -1))
+        q = matrix_to_quat(rot)
+        q_e = quat_multiply(q * np.array([1, -1, -1, -1]), q_des)  # q^-1 q_des, in the body frame
         w, x, y, z = np.moveaxis(q_e, -1, 0)
         norm_wz = np.sqrt(w * w + z * z) + 1e-12
         tilt_x = (w * x - y * z) / norm_wz

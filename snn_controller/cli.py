@@ -1,0 +1,204 @@
+"""snnctl: the command-line tool for everything outside ``ros2 run`` / ``ros2 launch``.
+
+Every subcommand prints human-readable output, or one JSON object with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # DDS discovery stays on this machine
+
+
+def _emit(args, result: dict, text: str) -> None:
+    print(json.dumps(result) if args.json else text)
+
+
+def _fmt_rate(r: float) -> str:
+    return f"{r / 1e6:.2f} M" if r >= 1e6 else f"{r / 1e3:.1f} k"
+
+
+# --- sim ---------------------------------------------------------------------------------------
+def cmd_sim_replay(args) -> int:
+    import numpy as np
+
+    from .drone import load_drone
+    from .replay import load_replay_input, replay
+
+    model = load_drone(args.drone)
+    state, actions, file_dt = load_replay_input(args.input)
+    dt = args.dt or file_dt or 0.01
+    out = replay(model, args.engine, state, actions, dt)
+    np.savez(args.output, **out)
+    n, steps = actions.shape[:2]
+    result = {"output": str(args.output), "drones": n, "steps": steps, "dt": dt, "engine": args.engine,
+              "drone": model.name, "final_position": out["position"][:, -1].tolist()}
+    _emit(args, result, f"replayed {n} drone(s) x {steps} steps at dt={dt} s on the {args.engine} engine "
+                        f"({model.name}) -> {args.output}")
+    return 0
+
+
+def cmd_drones(args) -> int:
+    from .drone import available_drones, load_drone
+
+    rows = []
+    for name in available_drones():
+        m = load_drone(name)
+        rows.append({"name": name, "mass": m.mass, "hover_rotor_speed": round(m.hover_rotor_speed, 4),
+                     "hover_action": round(m.hover_action, 4), "thrust_to_weight": round(m.thrust_to_weight, 3),
+                     "motor_time_constant": m.motor_time_constant, "source": m.source})
+    text = "\n".join(f"{r['name']:6s} mass {r['mass']} kg, hover w {r['hover_rotor_speed']}, "
+                     f"thrust/weight {r['thrust_to_weight']}, motor lag {r['motor_time_constant']} s" for r in rows)
+    _emit(args, {"drones": rows}, text)
+    return 0
+
+
+# --- bench -------------------------------------------------------------------------------------
+def cmd_bench_sim(args) -> int:
+    from .bench import bench_sim
+
+    r = bench_sim(args.drone, min_seconds=args.seconds, compile=not args.no_compile)
+    lines = [f"pybullet engine, 1 drone ({r['pybullet_substeps']} substeps): "
+             f"{_fmt_rate(r['pybullet_steps_per_s'])}steps/s"]
+    for key in ("batched_eager_drone_steps_per_s", "batched_compiled_drone_steps_per_s"):
+        if key in r:
+            lines.append(f"{key.split('_')[1]} batched RK4 float32: " + ", ".join(
+                f"N={n}: {_fmt_rate(v)}drone-steps/s" for n, v in r[key].items()))
+    lines.append(f"ratio batched (N=max) / pybullet: {r['ratio_batched_at_max_n_to_pybullet']:.0f}x")
+    _emit(args, r, "\n".join(lines))
+    return 0
+
+
+# --- launch ------------------------------------------------------------------------------------
+def cmd_launch(args) -> int:
+    from .config import ConfigError
+    from .launch_file import LaunchRunner, parse_launch
+
+    given = {}
+    for item in args.arguments:
+        if ":=" not in item:
+            raise ConfigError(f"launch argument {item!r} must be written name:=value")
+        k, v = item.split(":=", 1)
+        given[k] = v
+    desc = parse_launch(args.file, given)
+    if args.print:
+        from .launch_file import node_command
+
+        cmds = [node_command(n) for n in desc.nodes]
+        _emit(args, {"file": str(desc.path), "commands": cmds}, "\n".join(" ".join(c) for c in cmds))
+        return 0
+    monitor_names = None
+    if args.monitor:
+        from .fleet import load_fleet
+
+        fleet_file = given.get("crazyflies") or None
+        monitor_names = list(load_fleet(fleet_file).enabled_robots())
+    runner = LaunchRunner(desc, output=sys.stderr if args.json else sys.stdout)
+    summary = None
+    with runner:
+        try:
+            if monitor_names:
+                summary = _monitor(runner, monitor_names, args)
+            else:
+                runner.wait(args.duration)
+        except KeyboardInterrupt:
+            pass
+    failed = [(label, code) for label, code in runner.failed() if code not in (0, -2, 130)]
+    result = {"file": str(desc.path), "nodes": [n.label for n in desc.nodes], "failed": failed,
+              "summary": summary}
+    text = f"stopped {len(desc.nodes)} node(s)" + (f"; failed: {failed}" if failed else "")
+    if summary:
+        text += "\n" + "\n".join(f"{name}: {s}" for name, s in summary.items())
+    _emit(args, result, text)
+    return 1 if failed else 0
+
+
+def _monitor(runner, names, args) -> dict:
+    import time
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from .ros.monitor import FleetMonitor
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = FleetMonitor(names, context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    end = None if args.duration is None else time.monotonic() + args.duration
+    next_print = time.monotonic() + 1.0
+    try:
+        while (end is None or time.monotonic() < end) and not runner.failed():
+            executor.spin_once(timeout_sec=0.05)
+            if time.monotonic() >= next_print and not args.json:
+                next_print += 1.0
+                cells = []
+                for name in names:
+                    row = node.latest(name)
+                    cells.append(f"{name} " + ("waiting" if row is None else
+                                               f"t={row[0]:5.1f}s pos=({row[1]:+.2f},{row[2]:+.2f},{row[3]:+.2f})"))
+                print(" | ".join(cells), flush=True)
+        return node.summary()
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+# --- parser ------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="snnctl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(p, name, func, help_):
+        sp = p.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--json", action="store_true", help="print one JSON object")
+        sp.set_defaults(func=func)
+        return sp
+
+    sim = sub.add_parser("sim", help="simulator tools").add_subparsers(dest="sim_command", required=True)
+    p = add(sim, "replay", cmd_sim_replay, "replay recorded motor commands from initial states")
+    p.add_argument("--drone", default="cf21", help="drone model name or path (.yaml/.urdf)")
+    p.add_argument("--engine", choices=["batched", "pybullet"], default="batched")
+    p.add_argument("--input", required=True, help=".npz with initial states and actions (N,T,4)")
+    p.add_argument("--output", required=True, help=".npz to write the trajectories to")
+    p.add_argument("--dt", type=float, default=None, help="control period [s] (default: the file's, else 0.01)")
+
+    add(sub, "drones", cmd_drones, "list the drone models")
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
+    p = add(bench, "sim", cmd_bench_sim, "engine throughput: pybullet vs batched")
+    p.add_argument("--drone", default="cf21")
+    p.add_argument("--seconds", type=float, default=1.0, help="measuring time per case")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+
+    p = add(sub, "launch", cmd_launch, "run a ROS 2 YAML launch file (no ros2 launch needed)")
+    p.add_argument("file", help="launch file name in launch/ or a path")
+    p.add_argument("arguments", nargs="*", help="launch arguments name:=value")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--monitor", action="store_true", help="print the drones' positions every second")
+    p.add_argument("--print", action="store_true", help="print the node commands and exit")
+    return parser
+
+
+def main(argv=None) -> int:
+    from .config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, KeyError) as exc:
+        message = str(exc)
+        if args.json:
+            print(json.dumps({"error": message}))
+        else:
+            print(f"snnctl: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

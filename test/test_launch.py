@@ -1,0 +1,128 @@
+"""Launch files: one source of truth for ros2 launch and snnctl launch."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from snn_controller.config import ConfigError
+from snn_controller.launch_file import LaunchRunner, node_command, parse_launch
+from snn_controller.ros import NODES
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.yaml"))
+
+
+def test_installed_console_scripts_are_the_node_table():
+    """The installed package declares one console script per node of the table, plus snnctl."""
+    from importlib.metadata import distribution
+
+    scripts = {ep.name: ep.value for ep in distribution("snn_controller").entry_points
+               if ep.group == "console_scripts"}
+    assert scripts == {**{name: f"{module}:main" for name, module in NODES.items()},
+                       "snnctl": "snn_controller.cli:main"}
+    for module in NODES.values():
+        assert "def main(" in (ROOT / (module.replace(".", "/") + ".py")).read_text(), f"{module} has no main()"
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_launch_file_is_standard_yaml_launch_and_resolves(path):
+    data = yaml.safe_load(path.read_text())
+    assert list(data) == ["launch"]
+    desc = parse_launch(path)
+    assert desc.nodes, "a launch file that starts nothing"
+    for node in desc.nodes:
+        assert node.executable in NODES
+        cmd = node_command(node)
+        assert cmd[1:3] == ["-m", NODES[node.executable]]
+        for name, value in node.parameters:
+            assert "$(" not in value, f"unresolved substitution in {name}={value}"
+
+
+def test_sim_pid_launch_matches_the_fleet():
+    desc = parse_launch("sim_pid.launch.yaml", {"mode": "lockstep", "drone": "cf2x"})
+    sims = [n for n in desc.nodes if n.executable == "sim_bridge"]
+    pids = [n for n in desc.nodes if n.executable == "pid_controller"]
+    assert len(sims) == 1 and dict(sims[0].parameters)["mode"] == "lockstep"
+    assert sorted(n.namespace for n in pids) == ["/cf1", "/cf2"]
+    assert all(dict(n.parameters)["drone"] == "cf2x" for n in pids)
+    fleet = yaml.safe_load((ROOT / "config" / "crazyflies.yaml").read_text())
+    assert sorted("/" + r for r in fleet["robots"]) == sorted(n.namespace for n in pids)
+
+
+def test_launch_errors_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="unknown launch argument"):
+        parse_launch("sim_pid.launch.yaml", {"no_such_arg": "1"})
+    with pytest.raises(ConfigError, match="not found"):
+        parse_launch("missing.launch.yaml")
+    bad = tmp_path / "bad.launch.yaml"
+    bad.write_text("launch:\n  - include: {file: x}\n")
+    with pytest.raises(ConfigError, match="'include' is not supported"):
+        parse_launch(bad)
+    bad.write_text("launch:\n  - node: {pkg: snn_controller, exec: nope, name: x}\n")
+    with pytest.raises(ConfigError, match="unknown node executable 'nope'"):
+        node_command(parse_launch(bad).nodes[0])
+    bad.write_text("launch:\n  - arg: {name: a}\n  - node: {pkg: snn_controller, exec: sim_bridge}\n")
+    with pytest.raises(ConfigError, match="'a' is required"):
+        parse_launch(bad)
+
+
+def test_substitutions_conditions_and_groups(tmp_path, monkeypatch):
+    monkeypatch.setenv("SNN_TEST_RATE", "250.0")
+    f = tmp_path / "x.launch.yaml"
+    f.write_text("""
+launch:
+  - arg: {name: with_pid, default: "false"}
+  - node:
+      pkg: snn_controller
+      exec: sim_bridge
+      param:
+        - {name: rate, value: "$(env SNN_TEST_RATE)"}
+        - {name: crazyflies, value: "$(find-pkg-share snn_controller)/config/crazyflies.yaml"}
+      remap:
+        - {from: /clock, to: /sim_clock}
+  - group:
+      push-ros-namespace: swarm
+      children:
+        - node: {pkg: snn_controller, exec: pid_controller, name: pid, namespace: cf1, if: "$(var with_pid)"}
+""")
+    off = parse_launch(f)
+    assert [n.executable for n in off.nodes] == ["sim_bridge"]
+    sim = off.nodes[0]
+    assert dict(sim.parameters)["rate"] == "250.0"
+    assert Path(dict(sim.parameters)["crazyflies"]).is_file()
+    assert ("/clock", "/sim_clock") in sim.remappings
+    on = parse_launch(f, {"with_pid": "true"})
+    assert on.nodes[1].namespace == "/swarm/cf1"
+    assert "-r" in on.nodes[1].ros_args() and "__ns:=/swarm/cf1" in on.nodes[1].ros_args()
+
+
+def test_snnctl_launch_flies_the_fleet(ros_env):
+    """The README's main command, shortened: both drones take off and hover under the PID."""
+    out = subprocess.run(
+        [sys.executable, "-m", "snn_controller.cli", "launch", "sim_pid.launch.yaml", "--duration", "12",
+         "--monitor", "--json"], env=ros_env, capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["failed"] == []
+    for name, start_x in (("cf1", 0.0), ("cf2", 1.0)):
+        s = result["summary"][name]
+        assert s["messages"] > 300, s
+        x, y, z = s["position"]
+        # takeoff_height 1.0 above the resting position (centre 0.011 m above the ground)
+        assert abs(x - start_x) < 0.03 and abs(y) < 0.03 and abs(z - 1.011) < 0.03, s
+        assert s["hover_spread_m"] < 0.02, s
+
+
+def test_launch_runner_stops_every_process(ros_env):
+    desc = parse_launch("sim_pid.launch.yaml", {"mode": "fast"})
+    import io
+
+    runner = LaunchRunner(desc, env=ros_env, output=io.StringIO())
+    with runner:
+        runner.wait(2.0)
+        assert not runner.failed(), runner.output.getvalue()
+    assert all(proc.poll() is not None for _, proc in runner.processes)

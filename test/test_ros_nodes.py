@@ -1,0 +1,152 @@
+"""Multi-process ROS 2 tests: sim_bridge and pid_controller as separate processes."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from geometry_msgs.msg import PoseStamped  # noqa: E402
+from nav_msgs.msg import Odometry  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from std_msgs.msg import Float32MultiArray  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from conftest import spin_until  # noqa: E402
+from snn_controller.ros import qos  # noqa: E402
+
+SIM = "snn_controller.ros.sim_bridge"
+PID = "snn_controller.ros.pid_controller"
+
+
+class Probe:
+    """The test's own node: odometry of cf1, goal and command publishers, service clients."""
+
+    def __init__(self, context):
+        self.node = rclpy.create_node("probe", context=context)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.odom = []  # (sim time, position, quaternion)
+        self.diagnostics = {}
+        self.node.create_subscription(Odometry, "/cf1/odom", self._on_odom, qos.STATE)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, qos.STATE)
+        self.goal_pub = self.node.create_publisher(PoseStamped, "/cf1/goal_pose", qos.LATCHED)
+        self.cmd_pub = self.node.create_publisher(Float32MultiArray, "/cf1/cmd_motors", qos.COMMAND)
+
+    def _on_odom(self, msg):
+        p, q = msg.pose.pose.position, msg.pose.pose.orientation
+        t = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        self.odom.append((t, np.array([p.x, p.y, p.z]), np.array([q.w, q.x, q.y, q.z])))
+
+    def _on_diag(self, msg):
+        for status in msg.status:
+            self.diagnostics[status.hardware_id] = {kv.key: kv.value for kv in status.values}
+
+    def spin_until(self, predicate, timeout):
+        return spin_until(self.executor, predicate, timeout)
+
+    def spin_for(self, seconds):
+        self.spin_until(lambda: False, seconds)
+
+    def call(self, service, timeout=10.0):
+        client = self.node.create_client(Trigger, service)
+        assert client.wait_for_service(timeout_sec=timeout), f"service {service} not available"
+        future = client.call_async(Trigger.Request())
+        assert self.spin_until(future.done, timeout), f"service {service} did not answer"
+        return future.result()
+
+    def send_goal(self, xyz):
+        msg = PoseStamped()
+        msg.header.frame_id = "world"
+        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = xyz
+        msg.pose.orientation.w = 1.0
+        self.goal_pub.publish(msg)
+
+    def position(self):
+        return self.odom[-1][1] if self.odom else None
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+@pytest.fixture
+def probe(ros_context):
+    p = Probe(ros_context)
+    yield p
+    p.close()
+
+
+def test_pid_node_flies_sim_drone_to_goal_and_holds_it(processes, probe, one_drone_fleet):
+    processes.start(SIM, "-p", f"crazyflies:={one_drone_fleet}", "-p", "mode:=realtime")
+    processes.start(PID, "-r", "__ns:=/cf1")
+    goal = np.array([0.3, -0.2, 0.8])
+    assert probe.spin_until(lambda: probe.odom, 20), "no odometry from sim_bridge\n" + processes.logs()
+    probe.send_goal(goal)
+    reached = probe.spin_until(lambda: np.linalg.norm(probe.position() - goal) < 0.05, 30)
+    assert reached, f"drone at {probe.position()}, goal {goal}\n" + processes.logs()
+    t_reached = probe.odom[-1][0]
+    probe.spin_until(lambda: probe.odom[-1][0] > t_reached + 2.0, 10)  # 2 s of sim time
+    hold = [np.linalg.norm(p - goal) for t, p, _ in probe.odom if t >= t_reached]
+    assert len(hold) > 100, "expected ~100 Hz odometry while holding"
+    assert max(hold) < 0.05, f"left the goal while holding: max error {max(hold):.3f} m"
+
+
+def test_sim_bridge_survives_bad_commands_and_stops_motors(processes, probe, one_drone_fleet):
+    processes.start(SIM, "-p", f"crazyflies:={one_drone_fleet}", "-p", "mode:=realtime",
+                    "-p", "command_timeout:=0.3")
+    assert probe.spin_until(lambda: probe.odom, 20), "no odometry\n" + processes.logs()
+    assert probe.spin_until(lambda: probe.cmd_pub.get_subscription_count() > 0, 10)
+    for data in ([math.nan, 0.0, 0.0, 0.0], [0.5, 0.5, 0.5], [math.inf] * 4):
+        probe.cmd_pub.publish(Float32MultiArray(data=data))
+    probe.cmd_pub.publish(Float32MultiArray(data=[5.0, 5.0, 5.0, 5.0]))  # clamped to full thrust
+    counted = probe.spin_until(lambda: probe.diagnostics.get("cf1", {}).get("rejected") == "3"
+                               and probe.diagnostics["cf1"].get("clamped") == "1", 10)
+    assert counted, f"diagnostics {probe.diagnostics}\n" + processes.logs()
+    # Full thrust for a moment lifts the drone; then no command: after the timeout the motors stop.
+    climbed = probe.spin_until(lambda: probe.position()[2] > 0.1, 5)
+    assert climbed, f"the clamped full-thrust command should lift the drone: z={probe.position()[2]}"
+    landed = probe.spin_until(lambda: probe.position()[2] < 0.03, 10)
+    assert landed, f"motors did not stop after the command timeout: z={probe.position()[2]}"
+    assert all(np.isfinite(p).all() for _, p, _ in probe.odom)
+    assert int(probe.diagnostics["cf1"]["timeouts"]) > 0 or probe.spin_until(
+        lambda: int(probe.diagnostics["cf1"]["timeouts"]) > 0, 3)
+    assert processes.procs[0][1].poll() is None, "sim_bridge died\n" + processes.logs()
+
+
+def test_emergency_stop_and_reset_services(processes, probe, one_drone_fleet):
+    processes.start(SIM, "-p", f"crazyflies:={one_drone_fleet}", "-p", "mode:=realtime")
+    processes.start(PID, "-r", "__ns:=/cf1", "-p", "takeoff_height:=0.6")
+    assert probe.spin_until(lambda: probe.odom and probe.position()[2] > 0.5, 30), processes.logs()
+    response = probe.call("/cf1/emergency")
+    assert response.success
+    assert probe.spin_until(lambda: probe.position()[2] < 0.03, 10), "emergency stop did not drop the drone"
+    probe.spin_for(1.0)
+    assert probe.position()[2] < 0.03, "motors restarted after an emergency stop"
+    assert probe.call("/sim_bridge/reset").success
+    assert probe.spin_until(lambda: probe.position()[2] > 0.5, 20), "after reset the PID should fly again"
+
+
+def test_lockstep_advances_only_with_commands(processes, probe, one_drone_fleet):
+    processes.start(SIM, "-p", f"crazyflies:={one_drone_fleet}", "-p", "mode:=lockstep",
+                    "-p", "lockstep_timeout:=100.0")
+    assert probe.spin_until(lambda: probe.odom, 20), processes.logs()
+    assert probe.spin_until(lambda: probe.cmd_pub.get_subscription_count() > 0, 10)
+    answered = set()
+
+    def answer_each_step():
+        t = probe.odom[-1][0]
+        if t not in answered and len(answered) < 50:
+            answered.add(t)
+            probe.cmd_pub.publish(Float32MultiArray(data=[0.5] * 4))
+        return len(answered) >= 50 and probe.odom[-1][0] >= 0.5 - 1e-6
+
+    assert probe.spin_until(answer_each_step, 20), f"sim time {probe.odom[-1][0]}\n" + processes.logs()
+    t_stop = probe.odom[-1][0]
+    assert t_stop == pytest.approx(0.5, abs=1e-6), "one control step per command"
+    probe.spin_for(1.0)  # no commands: the simulation must wait
+    assert probe.odom[-1][0] == pytest.approx(t_stop, abs=1e-9), "lockstep advanced without commands"
+    assert probe.position()[2] > 0.05, "50 steps of high thrust should have lifted the drone"
