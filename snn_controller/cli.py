@@ -149,6 +149,48 @@ def _monitor(runner, names, args) -> dict:
         rclpy.shutdown(context=context)
 
 
+# --- models ------------------------------------------------------------------------------------
+def cmd_eval(args) -> int:
+    from .bc import evaluate_actor
+    from .model_file import load_model
+    from .task import TaskConfig
+
+    tensors, manifest = load_model(args.model)
+    if manifest["architecture"]["type"] != "lif_actor":
+        raise ValueError(f"{args.model}: snnctl eval flies actor models (lif_actor), "
+                         f"this is a {manifest['architecture']['type']!r}")
+    task = TaskConfig(drone=manifest["drone"], start=args.starts, stage=args.stage, dt=manifest["dt"])
+    r = evaluate_actor(tensors, manifest, task, args.episodes, seed=args.seed, engine=args.engine,
+                       warmup_steps=args.warmup_steps)
+    r.update({"model": str(args.model), "drone": manifest["drone"], "starts": args.starts, "stage": args.stage,
+              "engine": args.engine, "seed": args.seed, "guide_warmup_steps": args.warmup_steps})
+    text = (f"{args.model} on {args.starts} starts, stage {args.stage}, {args.engine} engine, "
+            f"{r['episodes']} episodes (guide flies the first {args.warmup_steps} steps):\n"
+            f"  return {r['return_mean']:.1f} +- {r['return_std']:.1f}   survival {100 * r['survival_rate']:.1f} %\n"
+            f"  position error (last half) {100 * r['position_error_mean']:.2f} cm   "
+            f"action deviation {r['action_deviation_mean']:.3f}\n"
+            f"  spikes per step per layer {r['spikes_per_step']}")
+    _emit(args, r, text)
+    return 0
+
+
+def cmd_train_bc(args) -> int:
+    from dataclasses import replace
+
+    from .bc import load_bc_config, train_bc
+
+    config = load_bc_config(args.config)
+    if args.seed is not None:
+        config = replace(config, seed=args.seed)
+    out = args.out or f"runs/bc_seed{config.seed}.safetensors"
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    _, provenance = train_bc(config, out_path=out, log=log)
+    result = {"model": out, **{k: provenance[k] for k in ("method", "seed", "updates", "env_steps", "train_seconds")},
+              "evaluation": provenance["evaluation"]}
+    _emit(args, result, f"saved {out} ({provenance['train_seconds']:.0f} s)")
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snnctl", description=__doc__.splitlines()[0])
@@ -176,6 +218,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=1.0, help="measuring time per case")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
 
+    p = add(sub, "eval", cmd_eval, "evaluate a model file on the paper task")
+    p.add_argument("model", help="model file (.safetensors)")
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--stage", type=int, default=5, help="curriculum stage of the reward (0..5)")
+    p.add_argument("--starts", choices=["paper", "moderate"], default="paper")
+    p.add_argument("--engine", choices=["batched", "pybullet"], default="batched")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup-steps", type=int, default=50, help="steps the guide flies first")
+
+    p = add(sub, "train-bc", cmd_train_bc, "behaviour cloning of the PID guide (the BC baseline)")
+    p.add_argument("--config", default="config/train/bc.yaml")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default=None, help="model file to write (default runs/bc_seed<S>.safetensors)")
+
     p = add(sub, "launch", cmd_launch, "run a ROS 2 YAML launch file (no ros2 launch needed)")
     p.add_argument("file", help="launch file name in launch/ or a path")
     p.add_argument("arguments", nargs="*", help="launch arguments name:=value")
@@ -191,7 +247,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, KeyError) as exc:
+    except (ConfigError, ValueError, KeyError) as exc:  # includes ModelFileError
         message = str(exc)
         if args.json:
             print(json.dumps({"error": message}))

@@ -124,9 +124,7 @@ def build(cls, data: Mapping, source: str = "<config>"):
             raise ConfigError(f"{source}: missing key '{name}'")
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as exc:
+    except (ConfigError, ValueError, TypeError) as exc:  # __post_init__ checks: add the file (and section)
         raise ConfigError(f"{source}: {exc}") from exc
 
 

@@ -62,10 +62,14 @@ class ThrustSpec:
                  "rpm_squared": ("coefficients", "torque_to_thrust", "max_rpm")}[self.model]
         for key in need:
             if getattr(self, key) is None:
-                raise ConfigError(f"thrust.{key} is required for thrust model '{self.model}'")
+                raise ConfigError(f"'{key}' is required for thrust model '{self.model}'")
         for key in other:
             if getattr(self, key) is not None:
-                raise ConfigError(f"thrust.{key} does not apply to thrust model '{self.model}'")
+                raise ConfigError(f"'{key}' does not apply to thrust model '{self.model}'")
+        for key in ("kf", "km", "thrust2weight", "max_rpm", "torque_to_thrust"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"non-physical value for '{key}': {value} (must be > 0)")
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,12 @@ class DroneFile:
     ground_effect: Optional[GroundEffect] = None
     drag: Optional[Drag] = None
     description: str = ""
+
+    def __post_init__(self):
+        # Checked here as well as in DroneModel: the thrust model's derived values need them first.
+        for key in ("mass", "gravity"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"non-physical value for '{key}': {getattr(self, key)} (must be > 0)")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import numpy as np
 from .config import build, load_yaml, package_root
 from .drone import DroneModel
 from .geometry import matrix_to_quat, quat_multiply
+from .policy import EnvPolicy
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,8 @@ class PIDController:
             self.rotor_estimate += (w_cmd - self.rotor_estimate) * self.motor_blend
         else:
             w_cmd = w_des
-        return 2 * w_cmd - 1
+        self.last_output = 2 * w_cmd - 1
+        return self.last_output
 
     def _mix(self, collective, torque):
         lo, hi = self.thrust_min, self.thrust_max
@@ -211,17 +213,9 @@ class PIDController:
         return np.clip((-c1 + np.sqrt(disc)) / (2 * c2), 0.0, 1.0)
 
 
-class PIDPolicy:
-    """Adapter: a :class:`PIDController` as a policy of :class:`~snn_controller.envs.FlightEnv`."""
+class PIDPolicy(EnvPolicy):
+    """A :class:`PIDController` as a policy of :class:`~snn_controller.envs.FlightEnv`."""
 
     def __init__(self, model: DroneModel, n: int, dt: float = 0.01, gains: PIDGains | None = None):
         self.controller = PIDController(model, n, dt, gains)
-
-    def reset(self, mask=None):
-        self.controller.reset(None if mask is None else np.asarray(mask))
-
-    def __call__(self, obs):
-        import torch
-
-        actor = obs.actor
-        return torch.as_tensor(self.controller(actor.double().numpy()), dtype=actor.dtype)
+        super().__init__(self.controller)

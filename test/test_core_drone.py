@@ -134,10 +134,6 @@ def test_negative_mass_polynomial_model(tmp_path):
     _expect_error(_write(tmp_path, data), "mass")
 
 
-@pytest.mark.xfail(strict=True, raises=(ValueError, AssertionError), reason=(
-    "CORE BUG: drone.py _resolve() computes max_rpm = math.sqrt(thrust2weight*mass*g/(4 kf)) before "
-    "DroneModel validates the mass, so a negative mass in an rpm_squared file raises a bare "
-    "ValueError('math domain error') that names neither the file nor the key"))
 def test_negative_mass_rpm_squared_model(tmp_path):
     data = _yaml("cf2x")
     data["mass"] = -0.027
@@ -178,19 +174,12 @@ def test_unknown_thrust_model(tmp_path):
     _expect_error(_write(tmp_path, data), "model", "cubic")
 
 
-THRUST_KEY_BUG = ("CORE BUG: config.py build() re-raises a ConfigError from a nested dataclass's "
-                  "__post_init__ unchanged (line 127 'except ConfigError: raise'), so ThrustSpec's "
-                  "errors ('thrust.kf does not apply ...') do not name the file")
-
-
-@pytest.mark.xfail(strict=True, reason=THRUST_KEY_BUG)
 def test_thrust_key_of_the_other_model_names_file(tmp_path):
     data = _yaml("cf21")
     data["thrust"]["kf"] = 3.16e-10  # an rpm_squared key in a polynomial file
     _expect_error(_write(tmp_path, data), "kf")
 
 
-@pytest.mark.xfail(strict=True, reason=THRUST_KEY_BUG)
 def test_thrust_key_missing_for_model_names_file(tmp_path):
     data = _yaml("cf2x")
     del data["thrust"]["km"]

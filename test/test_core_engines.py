@@ -6,7 +6,6 @@ motor lag dw/dt = (w_cmd - w) / tau, w_cmd = (a + 1) / 2.
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -286,6 +285,28 @@ def test_engine_difference_shrinks_with_pybullet_substeps():
             pb.close()
         errors.append((sb.position - sp.position).norm(dim=-1).max().item())
     assert errors[1] < errors[0] / 3, errors
+
+
+@pytest.mark.parametrize("options", [{"ground_effect": True}, {"drag": True}, {"ground_effect": True, "drag": True}])
+def test_engines_agree_on_ground_effect_and_drag(options):
+    """The optional effects are the same in both engines (pybullet without its ground plane, drones
+    0.06 .. 0.4 m up so the ground effect matters, moving so the drag matters)."""
+    model = load_drone("cf2x")
+    start = _random_start(model, N_AGREE, seed=5)
+    start.position[:, 2] = torch.tensor([0.06, 0.1, 0.2, 0.4], dtype=F64)
+    start.velocity[:, 2] = 0.0
+    actions = [torch.full((N_AGREE, 4), model.hover_action - 0.05, dtype=F64)] * 30
+    sb, _, _ = _run(make_engine("batched", model, N_AGREE, dtype=F64, **options), start, actions)
+    plain, _, _ = _run(make_engine("batched", model, N_AGREE, dtype=F64), start, actions)
+    pb = make_engine("pybullet", model, N_AGREE, ground=False, **options)
+    try:
+        sp, _, _ = _run(pb, start, actions)
+    finally:
+        pb.close()
+    gap = (sb.position - sp.position).norm(dim=-1).max().item()
+    effect = (sb.position - plain.position).norm(dim=-1).max().item()
+    assert gap < 1e-3
+    assert effect > 4e-3 and effect > 10 * gap  # the effect is on and both engines model it alike
 
 
 @pytest.mark.parametrize("drone", DRONES)

@@ -142,10 +142,18 @@ def test_curriculum_stage_out_of_range():
     for bad in (-1, 6, 10):
         with pytest.raises(ValueError):
             cur.weights(bad)
-        with pytest.raises(ConfigError):
+        with pytest.raises(ValueError, match="stage"):
             T.TaskConfig(stage=bad)
     with pytest.raises(ConfigError):
         T.TaskConfig(start="wild")
+
+
+def test_stage_out_of_range_in_a_file_names_file_and_key(tmp_path):
+    path = tmp_path / "task.yaml"
+    path.write_text("stage: 6\n")
+    with pytest.raises(ConfigError) as info:
+        T.load_task_config(path)
+    assert str(path) in str(info.value) and "stage" in str(info.value)
 
 
 # --- start distributions -----------------------------------------------------------------------
@@ -213,8 +221,9 @@ def test_start_ranges_moderate(starts):
 
 
 def test_start_yaw_is_uniform(starts):
-    _, out = starts
-    q = out["moderate"].quaternion
+    target, out = starts
+    s = out["moderate"]
+    q = s.quaternion[~(s.position == target).all(-1)]  # the at-target starts have yaw 0
     # heading of the body x axis projected on the ground: R[0,0], R[1,0]
     w, x, y, z = q.unbind(-1)
     heading = torch.atan2(2 * (x * y + w * z), 1 - 2 * (y * y + z * z))
@@ -268,7 +277,8 @@ def test_moving_target_velocity_is_derivative(kind):
     assert (p_period - p).abs().max() < 1e-9  # periodic
     if kind == "circle":
         # every point lies at distance r from one centre
-        centre = p.mean(0)  # over 2 full laps
+        half, _ = T.target_at(target, torch.tensor([2.0], dtype=F64))
+        centre = (p[0] + half[0]) / 2  # the start and half a lap later are opposite points
         assert (p - centre).norm(dim=-1).tolist() == pytest.approx([0.3] * 101, abs=1e-9)
         assert v.norm(dim=-1).tolist() == pytest.approx([2 * math.pi * 0.3 / 4.0] * 257, rel=1e-9)
 

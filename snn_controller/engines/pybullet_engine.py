@@ -9,7 +9,10 @@ zeroed, so pybullet integrates the same rigid body as the batched engine.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 
 import numpy as np
 import pybullet
@@ -18,6 +21,19 @@ from pybullet_utils.bullet_client import BulletClient
 
 from ..drone import DroneModel
 from ..state import DroneState
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def xyzw_to_wxyz(q) -> np.ndarray:
@@ -53,7 +69,8 @@ class PybulletEngine:
             raise ValueError(f"drone '{model.name}' has no drag parameters")
         self.model, self.n, self.dt, self.substeps, self.dtype = model, n, dt, substeps, dtype
         self.ground_effect, self.drag = ground_effect, drag
-        self.client = BulletClient(connection_mode=pybullet.GUI if gui else pybullet.DIRECT)
+        with _quiet_stdout():  # pybullet's C code prints 'argv[0]=' to stdout: keep --json output clean
+            self.client = BulletClient(connection_mode=pybullet.GUI if gui else pybullet.DIRECT)
         c = self.client
         c.setGravity(0, 0, -model.gravity)
         c.setPhysicsEngineParameter(fixedTimeStep=dt / substeps, numSubSteps=0)

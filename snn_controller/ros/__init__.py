@@ -13,4 +13,5 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 NODES = {
     "sim_bridge": "snn_controller.ros.sim_bridge",
     "pid_controller": "snn_controller.ros.pid_controller",
+    "snn_policy": "snn_controller.ros.snn_policy",
 }

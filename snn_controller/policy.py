@@ -1,0 +1,101 @@
+"""Policies that fly the task: the warm-up handover (guide first, then the network).
+
+Everything here is numpy, for the deployment path and the ROS nodes; :class:`EnvPolicy`
+adapts any of them to :class:`~snn_controller.envs.FlightEnv` (torch observations).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class GuidedPolicy:
+    """The paper's handover applied to flight: the guide flies the first ``warmup_steps`` of each
+    episode while the network runs on the same observations (so its membrane state is warm),
+    then the network flies.
+
+    ``network``: an object with ``step(obs) -> actions`` and ``reset(mask=None)``;
+    ``guide``: a callable ``guide(obs) -> actions`` with ``reset(mask=None)`` (the PID controller).
+    """
+
+    def __init__(self, network, guide, warmup_steps: int = 50):
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        self.network, self.guide, self.warmup_steps = network, guide, warmup_steps
+        self.steps = None
+
+    def reset(self, mask=None) -> None:
+        self.network.reset(mask)
+        self.guide.reset(mask)
+        if mask is None or self.steps is None:
+            self.steps = None
+        else:
+            self.steps[np.asarray(mask, dtype=bool)] = 0
+
+    def network_flying(self) -> np.ndarray:
+        return self.steps >= self.warmup_steps
+
+    def __call__(self, obs: np.ndarray, **guide_kwargs) -> np.ndarray:
+        obs = np.asarray(obs, dtype=np.float64)
+        if self.steps is None:
+            self.steps = np.zeros(len(obs), dtype=np.int64)
+        net = self.network.step(obs)
+        guide = self.guide(obs, **guide_kwargs)
+        action = np.where(self.network_flying()[:, None], net, guide)
+        self.steps += 1
+        return action
+
+
+class EnvPolicy:
+    """Adapter: a numpy policy ``(obs (N, 18)) -> actions (N, 4)`` as a FlightEnv policy."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def reset(self, mask=None):
+        self.policy.reset(mask)
+
+    def __call__(self, obs):
+        import torch
+
+        actor = obs.actor
+        return torch.as_tensor(self.policy(actor.double().numpy()), dtype=actor.dtype)
+
+
+class SupervisedPolicy:
+    """One drone's deployed controller: the guided handover plus the failsafe.
+
+    ``step(obs)`` returns the action, or None for a non-finite observation (never fed to the
+    network). A fault (non-finite observation, stale odometry, reported with :meth:`fault`)
+    resets the network and the guide: the guide flies the next ``warmup_steps`` while the
+    network warms up again from zero state, then the network takes over.
+    """
+
+    def __init__(self, network, guide, warmup_steps: int = 50):
+        self.guided = GuidedPolicy(network, guide, warmup_steps)
+        self.faults, self.last_fault, self.invalid = 0, "", 0
+
+    def reset(self) -> None:
+        self.guided.reset()
+
+    def fault(self, reason: str) -> None:
+        self.faults += 1
+        self.last_fault = reason
+        self.guided.reset()
+
+    def step(self, obs: np.ndarray, yaw: float = 0.0):
+        obs = np.asarray(obs, dtype=np.float64).reshape(1, -1)
+        if not np.isfinite(obs).all():
+            self.invalid += 1
+            self.fault("non-finite observation")
+            return None
+        return self.guided(obs, target_yaw=np.array([yaw]))[0]
+
+    def flying(self) -> str:
+        steps = self.guided.steps
+        return "guide" if steps is None or not self.guided.network_flying()[0] else "network"
+
+    def status(self) -> dict:
+        net = self.guided.network
+        return {"flying": self.flying(), "faults": self.faults, "invalid_observations": self.invalid,
+                "last_fault": self.last_fault, "spikes_per_step": [round(x, 2) for x in net.spikes_per_step()]}

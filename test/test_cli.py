@@ -1,0 +1,92 @@
+"""snnctl entry points: a tiny-budget run of each, and their errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from snn_controller.cli import main
+from snn_controller.drone import load_drone
+
+
+def run_json(capsys, *argv):
+    code = main([*argv, "--json"])
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    return code, json.loads(out)
+
+
+def replay_input(path, n=2, steps=50, **override):
+    model = load_drone("cf21")
+    rng = np.random.default_rng(0)
+    data = {
+        "position": np.array([[0.0, 0.0, 1.0], [3.0, 0.0, 1.0]])[:n],
+        "quaternion": np.tile([1.0, 0, 0, 0], (n, 1)),
+        "velocity": rng.uniform(-0.3, 0.3, (n, 3)),
+        "angular_velocity": rng.uniform(-0.5, 0.5, (n, 3)),
+        "rotor_speed": np.full((n, 4), model.hover_rotor_speed),
+        "actions": np.clip(model.hover_action + 0.05 * rng.standard_normal((n, steps, 4)), -1, 1),
+        "dt": 0.01,
+    }
+    data.update(override)
+    data = {k: v for k, v in data.items() if v is not None}
+    np.savez(path, **data)
+    return data
+
+
+def test_sim_replay_on_both_engines_agrees(tmp_path, capsys):
+    data = replay_input(tmp_path / "in.npz")
+    outs = {}
+    for engine in ("batched", "pybullet"):
+        code, result = run_json(capsys, "sim", "replay", "--drone", "cf21", "--engine", engine,
+                                "--input", str(tmp_path / "in.npz"), "--output", str(tmp_path / f"{engine}.npz"))
+        assert code == 0 and result["steps"] == 50 and result["drones"] == 2
+        outs[engine] = np.load(tmp_path / f"{engine}.npz")
+    b = outs["batched"]
+    assert b["position"].shape == (2, 51, 3) and b["quaternion"].shape == (2, 51, 4)
+    assert b["rotor_speed"].shape == (2, 51, 4) and b["time"].shape == (51,)
+    assert b["position"][:, 0] == pytest.approx(data["position"])  # index 0: the initial state
+    assert np.abs(b["position"] - outs["pybullet"]["position"]).max() < 0.01
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"actions": None}, "missing key 'actions'"),
+    ({"quaternion": None}, r"missing key\(s\) \['quaternion'\]"),
+    ({"position": np.zeros((2, 2))}, r"'position' must have shape \(N, 3\)"),
+    ({"actions": np.zeros((2, 10, 3))}, r"'actions' must have shape \(2, T, 4\)"),
+    ({"velocity": np.array([[np.nan, 0, 0], [0, 0, 0]])}, "'velocity' contains NaN"),
+    ({"actions": np.full((2, 5, 4), 2.0)}, r"must be in \[-1, 1\]"),
+    ({"dt": -1.0}, "'dt' must be a positive number"),
+])
+def test_sim_replay_rejects_bad_input(tmp_path, capsys, override, message):
+    replay_input(tmp_path / "in.npz", **override)
+    code, result = run_json(capsys, "sim", "replay", "--input", str(tmp_path / "in.npz"),
+                            "--output", str(tmp_path / "out.npz"))
+    assert code == 2
+    assert __import__("re").search(message, result["error"]), result["error"]
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_sim_replay_corrupt_file(tmp_path, capsys):
+    (tmp_path / "in.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    code, result = run_json(capsys, "sim", "replay", "--input", str(tmp_path / "in.npz"),
+                            "--output", str(tmp_path / "out.npz"))
+    assert code == 2 and "not a readable .npz" in result["error"]
+
+
+def test_drones_and_bench_smoke(capsys):
+    code, result = run_json(capsys, "drones")
+    assert code == 0 and {d["name"] for d in result["drones"]} >= {"cf21", "cf2x"}
+    code, result = run_json(capsys, "bench", "sim", "--seconds", "0.05", "--no-compile")
+    assert code == 0
+    assert set(result["batched_eager_drone_steps_per_s"]) == {"1", "64", "1024", "4096"}
+    assert result["pybullet_steps_per_s"] > 0 and result["ratio_batched_at_max_n_to_pybullet"] > 0
+
+
+def test_snnctl_console_script_human_output():
+    out = subprocess.run([sys.executable, "-m", "snn_controller.cli", "drones"], capture_output=True, text=True)
+    assert out.returncode == 0 and "cf21" in out.stdout and "thrust/weight" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "snn_controller.cli", "sim", "replay", "--drone", "nope",
+                          "--input", "x.npz", "--output", "y.npz"], capture_output=True, text=True)
+    assert out.returncode == 2 and "unknown drone 'nope'" in out.stderr

@@ -1,0 +1,59 @@
+"""Architecture and set-up facts that CI would otherwise only find on a clean machine."""
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE_MODULES = ["snn_controller", "snn_controller.config", "snn_controller.drone", "snn_controller.state",
+                "snn_controller.geometry", "snn_controller.engines", "snn_controller.engines.batched",
+                "snn_controller.engines.pybullet_engine", "snn_controller.task", "snn_controller.envs",
+                "snn_controller.pid", "snn_controller.fleet", "snn_controller.replay", "snn_controller.bench",
+                "snn_controller.launch_file"]
+
+
+def test_core_imports_without_ros():
+    """The core must not import rclpy or message packages (nodes are the only ROS code)."""
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        root = name.split('.')[0]
+        if root in ('rclpy', 'std_msgs', 'nav_msgs', 'geometry_msgs', 'sensor_msgs', 'rosgraph_msgs', 'std_srvs'):
+            raise ImportError('core imported ROS: ' + name)
+sys.meta_path.insert(0, Block())
+import importlib
+for m in {CORE_MODULES!r}:
+    importlib.import_module(m)
+print('ok')
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_requirements_pin_torch_and_avoid_the_wrong_launch():
+    lines = [ln.split("#")[0].strip() for ln in (ROOT / "requirements.txt").read_text().splitlines()]
+    lines = [ln for ln in lines if ln]
+    assert "torch==2.13.0" in lines
+    assert not any(ln.split("=")[0].split("<")[0].split(">")[0].strip().lower() == "launch" for ln in lines)
+    ros = [ln for ln in lines if ln.startswith("ros-")]
+    assert ros and all(ln.startswith("ros-jazzy-") and "==" in ln for ln in ros), "pinned jazzy wheels only"
+
+
+def test_package_xml_and_ament_layout():
+    root = ET.parse(ROOT / "package.xml").getroot()
+    assert root.attrib["format"] == "3" and root.findtext("name") == "snn_controller"
+    assert root.find("export/build_type").text == "ament_python"
+    deps = {e.text for e in root.iter("exec_depend")}
+    assert {"rclpy", "nav_msgs", "std_msgs", "geometry_msgs", "sensor_msgs", "std_srvs"} <= deps
+    assert (ROOT / "resource" / "snn_controller").is_file()
+    setup = (ROOT / "setup.py").read_text()
+    for folder in ("launch", "config", "models"):
+        assert f'tree("{folder}")' in setup
+
+
+def test_every_ros_entry_point_keeps_discovery_local():
+    for path in [ROOT / ".ci" / "run", ROOT / "Makefile", ROOT / "snn_controller" / "ros" / "__init__.py",
+                 ROOT / "snn_controller" / "cli.py"]:
+        assert "ROS_AUTOMATIC_DISCOVERY_RANGE" in path.read_text(), path
