@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 import torch
 
 from .drone import load_drone
@@ -43,3 +45,77 @@ def bench_sim(drone: str = "cf21", sizes=(1, 64, 1024, 4096), min_seconds: float
     best = max(result[f"batched_{label}_drone_steps_per_s"][str(max(sizes))] for label in variants)
     result["ratio_batched_at_max_n_to_pybullet"] = best / result["pybullet_steps_per_s"]
     return result
+
+
+def _latency(fn, repeats: int) -> dict:
+    for _ in range(min(200, repeats)):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    us = np.array(times) * 1e6
+    return {"p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99))}
+
+
+def bench_policy(model_path=None, repeats: int = 5000) -> dict:
+    """Single-step latency of the paper's network (18 -> 256 -> 128 -> 4), batch 1: the numpy
+    deployment path, the torch path, and snnTorch's equivalent network when it is installed."""
+    from .snn import SpikingActor, actor_tensors
+    from .snn_numpy import NumpySpikingActor
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    actor = SpikingActor()
+    if model_path:
+        from .snn import load_actor
+
+        actor, _ = load_actor(model_path)
+    manifest = {"architecture": {"type": "lif_actor", "obs_dim": 18, "hidden": list(actor.arch.hidden),
+                                 "action_dim": 4}}
+    obs = np.random.default_rng(0).standard_normal(18)
+    result = {"network": f"18 -> {' -> '.join(map(str, actor.arch.hidden))} -> 4", "batch": 1, "threads": 1}
+    for dtype in (np.float32, np.float64):
+        net = NumpySpikingActor(actor_tensors(actor), manifest, dtype=dtype)
+        result[f"numpy_{np.dtype(dtype).name}"] = _latency(lambda: net.step(obs), repeats)
+    state = [actor.zero_state(1)]
+    x = torch.as_tensor(obs, dtype=torch.float32)[None]
+
+    def torch_step():
+        with torch.no_grad():
+            _, state[0], _ = actor.step(state[0], x)
+
+    result["torch"] = _latency(torch_step, repeats)
+    try:
+        import snntorch
+    except ImportError:
+        result["snntorch"] = None
+        result["snntorch_note"] = "snntorch not installed (pip install snntorch) - not measured"
+    else:
+        result["snntorch"] = _latency(_snntorch_step(snntorch, actor, x), repeats)
+        result["snntorch_version"] = snntorch.__version__
+        result["speedup_numpy_vs_snntorch"] = result["snntorch"]["p50_us"] / result["numpy_float32"]["p50_us"]
+    result["speedup_numpy_vs_torch"] = result["torch"]["p50_us"] / result["numpy_float32"]["p50_us"]
+    return result
+
+
+def _snntorch_step(snntorch, actor, x):
+    """The same network in snnTorch (Leaky neurons, subtract reset with delay, learnable beta/threshold)."""
+    from torch import nn
+
+    lin = [layer.linear for layer in actor.layers]
+    leaky = [snntorch.Leaky(beta=layer.beta.detach().clamp(0, 1), threshold=layer.theta.detach(), learn_beta=True,
+                            learn_threshold=True, reset_mechanism="subtract", init_hidden=False)
+             for layer in actor.layers]
+    mems = [lk.init_leaky() for lk in leaky]
+    readout: nn.Linear = actor.readout
+
+    def step():
+        with torch.no_grad():
+            h = x
+            for i, (ln, lk) in enumerate(zip(lin, leaky)):
+                h, mems[i] = lk(ln(h), mems[i])
+            torch.tanh(readout(h))
+
+    return step

@@ -72,6 +72,36 @@ def cmd_bench_sim(args) -> int:
     return 0
 
 
+def cmd_bench_policy(args) -> int:
+    from .bench import bench_policy
+
+    r = bench_policy(args.model, repeats=args.repeats)
+    lines = [f"single-step latency, {r['network']}, batch 1, 1 thread (p50 / p99):"]
+    for key in ("numpy_float32", "numpy_float64", "torch", "snntorch"):
+        if r.get(key):
+            lines.append(f"  {key:14s} {r[key]['p50_us']:8.1f} us / {r[key]['p99_us']:8.1f} us")
+    if r.get("snntorch") is None:
+        lines.append("  " + r["snntorch_note"])
+    else:
+        lines.append(f"  numpy (float32) is {r['speedup_numpy_vs_snntorch']:.1f}x faster than snnTorch "
+                     f"{r['snntorch_version']}")
+    _emit(args, r, "\n".join(lines))
+    return 0
+
+
+def cmd_bench_loop(args) -> int:
+    from .ros.bench_loop import bench_loop
+
+    r = bench_loop(args.model, rates=args.rates, seconds=args.seconds)
+    lines = ["odometry -> snn_policy -> cmd_motors, end to end (p50 / p99):"]
+    for rate in args.rates:
+        x = r[f"{int(rate)}Hz"]
+        lines.append(f"  {int(rate):4d} Hz: {x['p50_us']:.0f} us / {x['p99_us']:.0f} us "
+                     f"({x['answered']} of {x['sent']} answered)")
+    _emit(args, r, "\n".join(lines))
+    return 0
+
+
 # --- launch ------------------------------------------------------------------------------------
 def cmd_launch(args) -> int:
     from .config import ConfigError
@@ -217,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drone", default="cf21")
     p.add_argument("--seconds", type=float, default=1.0, help="measuring time per case")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+
+    p = add(bench, "policy", cmd_bench_policy, "single-step latency of the spiking actor")
+    p.add_argument("--model", default=None, help="a model file (default: a fresh network of the paper's size)")
+    p.add_argument("--repeats", type=int, default=5000)
+    p = add(bench, "loop", cmd_bench_loop, "end-to-end ROS latency through snn_policy")
+    p.add_argument("--model", default=None, help="model file (default: the shipped one)")
+    p.add_argument("--rates", type=float, nargs="+", default=[100.0, 500.0])
+    p.add_argument("--seconds", type=float, default=3.0, help="measuring time per rate")
 
     p = add(sub, "eval", cmd_eval, "evaluate a model file on the paper task")
     p.add_argument("model", help="model file (.safetensors)")

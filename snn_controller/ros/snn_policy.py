@@ -41,13 +41,15 @@ class SNNPolicyNode(Node):
         self.declare_parameter("drone", "cf21")  # must match the model's drone
         self.declare_parameter("warmup_steps", 50)  # guide steps before the network flies (0: no handover)
         self.declare_parameter("odom_timeout", 0.1)  # s without odometry -> failsafe
+        self.declare_parameter("envelope", 0.5)  # m; farther from the goal on any axis, the guide flies
         self.declare_parameter("takeoff_height", 0.5)  # m above the start, held until a goal arrives
         self.declare_parameter("guide_gains", "")  # PID gains YAML; '' = config/controllers/pid.yaml
-        model, drone, warmup, self.odom_timeout, self.takeoff_height, gains = (self.get_parameter(n).value for n in (
-            "model", "drone", "warmup_steps", "odom_timeout", "takeoff_height", "guide_gains"))
+        model, drone, warmup, self.odom_timeout, envelope, self.takeoff_height, gains = (
+            self.get_parameter(n).value for n in ("model", "drone", "warmup_steps", "odom_timeout", "envelope",
+                                                  "takeoff_height", "guide_gains"))
         network = NumpySpikingActor.from_file(model or package_root() / DEFAULT_MODEL, drone=drone)
         guide = PIDController(load_drone(drone), 1, dt=network.manifest["dt"], gains=load_pid_gains(gains or None))
-        self.policy = SupervisedPolicy(network, guide, warmup_steps=warmup)
+        self.policy = SupervisedPolicy(network, guide, warmup_steps=warmup, envelope=envelope)
         self.goal, self.goal_yaw, self.last_odom = None, 0.0, None
         self.latencies = []
         self.cmd_pub = self.create_publisher(Float32MultiArray, "cmd_motors", qos.COMMAND)
@@ -85,7 +87,7 @@ class SNNPolicyNode(Node):
     def on_watchdog(self) -> None:
         if self.last_odom is not None and time.monotonic() - self.last_odom > self.odom_timeout:
             self.policy.fault(f"odometry older than {self.odom_timeout} s")
-            self.get_logger().warn(f"stale odometry: guide flies when it resumes", throttle_duration_sec=2.0)
+            self.get_logger().warn("stale odometry: the guide flies when it resumes", throttle_duration_sec=2.0)
             self.last_odom = None
 
     def on_reset(self, request, response):
