@@ -1,5 +1,5 @@
 # One-command set-up: every target installs what it needs into .venv first.
-#   make demo   simulated Crazyflies hovering under the PID controller through ROS 2 nodes
+#   make demo   a simulated flight of the shipped spiking network through ROS 2 nodes, recorded to a bag
 #   make test   the test suite (what CI runs)
 SHELL := /bin/bash
 # Mandatory here: DDS discovery stays on this machine.
@@ -11,7 +11,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-pid test bench clean
 
 $(STAMP): requirements.txt setup.py setup.cfg package.xml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,13 @@ $(STAMP): requirements.txt setup.py setup.cfg package.xml
 
 install: $(STAMP)
 
+DEMO_BAG ?= runs/demo_flight
+
 demo: install
+	$(BIN)/snnctl launch sim_snn.launch.yaml record:=true bag:=$(DEMO_BAG) --duration 20 --monitor
+	$(BIN)/snnctl bag info $(DEMO_BAG)
+
+demo-pid: install
 	$(BIN)/snnctl launch sim_pid.launch.yaml --duration 20 --monitor
 
 test: install
@@ -32,6 +38,8 @@ test: install
 
 bench: install
 	$(BIN)/snnctl bench sim
+	$(BIN)/snnctl bench policy
+	$(BIN)/snnctl bench loop
 
 clean:
 	rm -rf $(VENV) build install log .pytest_cache

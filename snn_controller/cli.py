@@ -102,6 +102,16 @@ def cmd_bench_loop(args) -> int:
     return 0
 
 
+def cmd_bag_info(args) -> int:
+    from .bag import bag_info
+
+    r = bag_info(args.path)
+    lines = [f"{r['path']}: {r['messages']} messages over {r['duration_s']:.1f} s"]
+    lines += [f"  {name:28s} {t['messages']:6d}  {t['type']}" for name, t in sorted(r["topics"].items())]
+    _emit(args, r, "\n".join(lines))
+    return 0
+
+
 # --- launch ------------------------------------------------------------------------------------
 def cmd_launch(args) -> int:
     from .config import ConfigError
@@ -182,24 +192,37 @@ def _monitor(runner, names, args) -> dict:
 # --- models ------------------------------------------------------------------------------------
 def cmd_eval(args) -> int:
     from .bc import evaluate_actor
-    from .model_file import load_model
+    from .envs import evaluate
     from .task import TaskConfig
 
-    tensors, manifest = load_model(args.model)
-    if manifest["architecture"]["type"] != "lif_actor":
-        raise ValueError(f"{args.model}: snnctl eval flies actor models (lif_actor), "
-                         f"this is a {manifest['architecture']['type']!r}")
-    task = TaskConfig(drone=manifest["drone"], start=args.starts, stage=args.stage, dt=manifest["dt"])
-    r = evaluate_actor(tensors, manifest, task, args.episodes, seed=args.seed, engine=args.engine,
-                       warmup_steps=args.warmup_steps)
-    r.update({"model": str(args.model), "drone": manifest["drone"], "starts": args.starts, "stage": args.stage,
-              "engine": args.engine, "seed": args.seed, "guide_warmup_steps": args.warmup_steps})
-    text = (f"{args.model} on {args.starts} starts, stage {args.stage}, {args.engine} engine, "
-            f"{r['episodes']} episodes (guide flies the first {args.warmup_steps} steps):\n"
+    if args.model == "pid":  # the guide alone, for comparison
+        from .drone import load_drone
+        from .pid import PIDPolicy
+
+        task = TaskConfig(drone=args.drone, start=args.starts, stage=args.stage)
+        r = evaluate(PIDPolicy(load_drone(args.drone), args.episodes, task.dt), task, args.episodes,
+                     engine=args.engine, seed=args.seed)
+        drone, warmup = args.drone, 0
+    else:
+        from .model_file import load_model
+
+        tensors, manifest = load_model(args.model)
+        if manifest["architecture"]["type"] != "lif_actor":
+            raise ValueError(f"{args.model}: snnctl eval flies actor models (lif_actor), "
+                             f"this is a {manifest['architecture']['type']!r}")
+        task = TaskConfig(drone=manifest["drone"], start=args.starts, stage=args.stage, dt=manifest["dt"])
+        r = evaluate_actor(tensors, manifest, task, args.episodes, seed=args.seed, engine=args.engine,
+                           warmup_steps=args.warmup_steps)
+        drone, warmup = manifest["drone"], args.warmup_steps
+    r.update({"model": str(args.model), "drone": drone, "starts": args.starts, "stage": args.stage,
+              "engine": args.engine, "seed": args.seed, "guide_warmup_steps": warmup})
+    text = (f"{args.model} ({drone}) on {args.starts} starts, stage {args.stage}, {args.engine} engine, "
+            f"{r['episodes']} episodes, guide flies the first {warmup} steps:\n"
             f"  return {r['return_mean']:.1f} +- {r['return_std']:.1f}   survival {100 * r['survival_rate']:.1f} %\n"
             f"  position error (last half) {100 * r['position_error_mean']:.2f} cm   "
-            f"action deviation {r['action_deviation_mean']:.3f}\n"
-            f"  spikes per step per layer {r['spikes_per_step']}")
+            f"action deviation {r['action_deviation_mean']:.3f}")
+    if "spikes_per_step" in r:
+        text += f"\n  spikes per step per layer {r['spikes_per_step']}"
     _emit(args, r, text)
     return 0
 
@@ -256,8 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rates", type=float, nargs="+", default=[100.0, 500.0])
     p.add_argument("--seconds", type=float, default=3.0, help="measuring time per rate")
 
+    bag = sub.add_parser("bag", help="rosbag2 tools").add_subparsers(dest="bag_command", required=True)
+    p = add(bag, "info", cmd_bag_info, "topics, types and message counts of a recorded bag")
+    p.add_argument("path", help="bag directory")
+
     p = add(sub, "eval", cmd_eval, "evaluate a model file on the paper task")
-    p.add_argument("model", help="model file (.safetensors)")
+    p.add_argument("model", help="model file (.safetensors), or 'pid' for the guide alone")
+    p.add_argument("--drone", default="cf21", help="drone for 'pid' (a model file names its own)")
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--stage", type=int, default=5, help="curriculum stage of the reward (0..5)")
     p.add_argument("--starts", choices=["paper", "moderate"], default="paper")
@@ -285,7 +313,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, KeyError) as exc:  # includes ModelFileError
+    except (ConfigError, ValueError, KeyError, FileExistsError) as exc:  # includes ModelFileError
         message = str(exc)
         if args.json:
             print(json.dumps({"error": message}))

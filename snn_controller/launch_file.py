@@ -148,8 +148,7 @@ def _node(body, values, namespace, where) -> NodeSpec:
             files.append(sub(p["from"]))
         elif "name" in p and "value" in p:
             value = p["value"]
-            params.append((p["name"], sub(value) if isinstance(value, str) else yaml.safe_dump(value).strip()
-                           .removesuffix("\n...").strip()))
+            params.append((p["name"], sub(value) if isinstance(value, str) else _yaml_text(value)))
         else:
             raise ConfigError(f"{where}: a node param needs 'name' and 'value', or 'from'")
     remaps = tuple((sub(r["from"]), sub(r["to"])) for r in body.get("remap", []) or [])
@@ -161,6 +160,12 @@ def _node(body, values, namespace, where) -> NodeSpec:
                     namespace=full_ns, parameters=tuple(params), parameter_files=tuple(files),
                     remappings=remaps,
                     extra_ros_args=tuple(shlex.split(sub(body.get("ros_args", "")))))
+
+
+def _yaml_text(value) -> str:
+    """A YAML value as the one-line text ``-p name:=value`` parses back to the same value."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return text.removesuffix("...").strip()
 
 
 def _condition(body, values, where) -> bool:
@@ -217,6 +222,8 @@ class LaunchRunner:
         self.env = {**os.environ, **(env or {})}
         self.env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
         self.env.setdefault("PYTHONUNBUFFERED", "1")
+        # Faster discovery on one machine (~0.7 s instead of up to 3 s), unless the user set a profile.
+        self.env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(package_root() / "config" / "fastdds_fast_discovery.xml"))
         self.output = output or sys.stdout
         self.processes: list[tuple[NodeSpec, subprocess.Popen]] = []
         self._threads: list[threading.Thread] = []

@@ -14,4 +14,5 @@ NODES = {
     "sim_bridge": "snn_controller.ros.sim_bridge",
     "pid_controller": "snn_controller.ros.pid_controller",
     "snn_policy": "snn_controller.ros.snn_policy",
+    "flight_recorder": "snn_controller.ros.flight_recorder",
 }

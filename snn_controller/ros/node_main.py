@@ -21,7 +21,7 @@ def run(node_factory, args=None) -> int:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except (ConfigError, ValueError) as exc:  # bad parameters: say what is wrong and exit non-zero
+    except (ConfigError, ValueError, FileExistsError) as exc:  # bad parameters: say what is wrong and exit non-zero
         print(f"error: {exc}", file=sys.stderr)
         code = 2
     finally:
