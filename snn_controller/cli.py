@@ -244,6 +244,27 @@ def cmd_train_bc(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from dataclasses import replace
+
+    from .td3 import load_train_config, train
+
+    config = load_train_config(args.config)
+    if args.seed is not None:
+        config = replace(config, seed=args.seed)
+    out = args.out or f"runs/{config.name}_seed{config.seed}"
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    r = train(config, out, resume=args.resume, log=log, progress_bar=not args.json)
+    result = {k: r[k] for k in ("out_dir", "iterations", "env_steps", "train_seconds", "evaluation")}
+    ev = r["evaluation"]
+    text = (f"trained {config.name} (seed {config.seed}) in {r['train_seconds']:.0f} s, {r['env_steps']} env steps "
+            f"-> {out}/final.safetensors (best: {out}/best.safetensors)\n" + "\n".join(
+                f"  {s}: return {e['return_mean']:.1f}, survival {100 * e['survival_rate']:.1f} %, "
+                f"position error {100 * e['position_error_mean']:.2f} cm" for s, e in ev.items()))
+    _emit(args, result, text)
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snnctl", description=__doc__.splitlines()[0])
@@ -292,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["batched", "pybullet"], default="batched")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup-steps", type=int, default=50, help="steps the guide flies first")
+
+    p = add(sub, "train", cmd_train, "train a controller (TD3BC+JSRL or a baseline) from a config")
+    p.add_argument("--config", default="config/train/td3bc_jsrl.yaml")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default=None, help="run directory (default runs/<name>_seed<S>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
     p = add(sub, "train-bc", cmd_train_bc, "behaviour cloning of the PID guide (the BC baseline)")
     p.add_argument("--config", default="config/train/bc.yaml")

@@ -1,0 +1,81 @@
+"""Sequence replay: rollouts stored as per-drone segments; minibatches of L-step windows.
+
+A rollout of S steps by N drones becomes N segments of S steps (a ring of segments, oldest
+overwritten first). Windows of ``window`` steps start at each episode's first step and every
+``stride`` steps after it and never cross an episode boundary, so a window can be replayed from
+zero membrane state. Every step also stores its next observations, so the critics learn on
+every step of a window.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .sequences import window_starts
+
+
+class SequenceBuffer:
+    """``fields``: name -> per-step shape, e.g. {"obs": (18,), "reward": ()}; float32 storage."""
+
+    def __init__(self, capacity_steps: int, segment_steps: int, fields: dict, window: int, stride: int):
+        if window > segment_steps:
+            raise ValueError(f"window ({window}) longer than a segment ({segment_steps})")
+        self.segments = max(capacity_steps // segment_steps, 1)
+        self.segment_steps, self.window, self.stride = segment_steps, window, stride
+        self.fields = {k: tuple(v) for k, v in fields.items()}
+        self.data = {k: np.zeros((self.segments, segment_steps, *shape), np.float32) for k, shape in self.fields.items()}
+        self.windows = [np.zeros(0, np.int64) for _ in range(self.segments)]  # window start times per segment
+        self.next_slot, self.filled = 0, 0
+        self._rebuild_index()
+
+    def __len__(self) -> int:
+        """Stored steps."""
+        return self.filled * self.segment_steps
+
+    @property
+    def num_windows(self) -> int:
+        return len(self._index)
+
+    def add(self, rollout: dict, episode_start: np.ndarray) -> None:
+        """``rollout``: name -> (S, N, ...) arrays; ``episode_start`` (S, N): True where an episode begins."""
+        steps, drones = episode_start.shape
+        if steps != self.segment_steps:
+            raise ValueError(f"rollout has {steps} steps, segments hold {self.segment_steps}")
+        if set(rollout) != set(self.fields):
+            raise ValueError(f"rollout fields {sorted(rollout)} != buffer fields {sorted(self.fields)}")
+        starts = window_starts(episode_start, self.window, self.stride)
+        for d in range(drones):
+            slot = self.next_slot
+            for k, v in rollout.items():
+                self.data[k][slot] = v[:, d]
+            self.windows[slot] = starts[starts[:, 1] == d, 0]
+            self.next_slot = (slot + 1) % self.segments
+            self.filled = min(self.filled + 1, self.segments)
+        self._rebuild_index()
+
+    def _rebuild_index(self) -> None:
+        """Flat (segment, start) list of every window, for uniform sampling."""
+        parts = [np.stack([np.full(len(w), s), w], 1) for s, w in enumerate(self.windows) if len(w)]
+        self._index = np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
+
+    def sample(self, batch: int, rng: np.random.Generator) -> dict:
+        """name -> (window, batch, ...) float32 arrays of ``batch`` random windows."""
+        if self.num_windows == 0:
+            raise ValueError("the buffer holds no complete window yet")
+        pick = self._index[rng.integers(self.num_windows, size=batch)]
+        t = pick[:, 1][None, :] + np.arange(self.window)[:, None]
+        return {k: v[pick[:, 0][None, :], t] for k, v in self.data.items()}
+
+    def state_dict(self) -> dict:
+        used = self.filled
+        return {"data": {k: v[:used].copy() for k, v in self.data.items()},
+                "windows": [w.copy() for w in self.windows[:used]], "next_slot": self.next_slot, "filled": used}
+
+    def load_state_dict(self, state: dict) -> None:
+        used = state["filled"]
+        for k, v in state["data"].items():
+            self.data[k][:used] = v
+        for i, w in enumerate(state["windows"]):
+            self.windows[i] = np.asarray(w, np.int64)
+        self.next_slot, self.filled = state["next_slot"], used
+        self._rebuild_index()

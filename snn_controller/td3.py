@@ -1,0 +1,548 @@
+"""TD3BC + JSRL on sequences with a spiking actor (the paper's Algorithm 1), and its baselines.
+
+One iteration, top to bottom as in the paper:
+
+    k      <- slope schedule (fixed | interval | adaptive on evaluation scores)
+    stage  <- reward curriculum (six stages over training)
+    G      <- guide steps: episode length -> warm-up floor over ``guide_decay_share`` of training
+    collect: N drones fly one episode each on the batched engine; the guide flies the first G
+             steps, the spiking actor (with Gaussian exploration) the rest; the actor is stepped on
+             every observation so it is warm at the handover; the buffer stores the executed actions
+    repeat ``updates_per_iteration`` times on minibatches of L-step windows (zero initial state):
+        critics (privileged 146-value obs + action, time invariant) learn on every step:
+            y = r + gamma (1 - terminated) min_j Q'_j(s', clip(pi'(s') + clip(eps, -c, c)))
+        every ``policy_delay`` updates the actor learns on steps t >= warm-up:
+            loss = -(alpha / mean|Q1|) Q1(s, pi(s)) + lambda_BC ||pi(s) - a_buffer||^2
+        and the target networks move by tau
+    lambda_BC <- lambda_BC * decay
+    evaluate (guide flies the first 50 steps, final curriculum stage) -> adaptive slope
+
+Baselines are flags of the same harness (config/train/*.yaml): BC (offline, alpha = 0),
+TD3BC (offline), TD3 (online, no guide, no BC term), an ANN actor (``actor: ann``) and the
+privileged guide ANN (``actor: ann``, ``privileged_actor: true``, no guide).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from . import task as T
+from .config import ConfigError, build, load_yaml, to_dict
+from .drone import load_drone
+from .envs import FlightEnv, evaluate
+from .model_file import ACTION_LAYOUT, OBS_LAYOUT, PRIVILEGED_OBS_LAYOUT, code_version, load_model, save_model
+from .networks import Critic, MLPActor
+from .pid import PIDController
+from .policy import EnvPolicy, GuidedPolicy
+from .replay_buffer import SequenceBuffer
+from .schedules import SlopeSchedule, SlopeScheduler, bc_weight, curriculum_stage, guide_steps
+from .snn import ActorArchitecture, SpikingActor
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one training run (config/train/<name>.yaml; unknown keys are errors)."""
+
+    name: str = "td3bc_jsrl"  # run name: files go to runs/<name>_seed<S>/ unless --out is given
+    seed: int = 0
+    drone: str = "cf21"
+    iterations: int = 100  # collect + update cycles
+    threads: int = 1  # torch threads
+    # --- rollouts
+    num_drones: int = 256  # parallel drones (one episode each per iteration)
+    starts: str = "paper"  # start distribution of training episodes
+    exploration_std: float = 0.1  # Gaussian noise on the actor's actions while collecting (then clipped)
+    online: bool = True  # False: offline (BC, TD3BC): guide rollouts once at the start, then updates only
+    offline_rollouts: int = 4  # offline: guide rollouts collected at the start
+    compile_engine: bool = False  # torch.compile the batched engine (faster rollouts, ~20 s to compile)
+    # --- method
+    actor: Literal["snn", "ann"] = "snn"
+    actor_hidden: tuple[int, ...] = (256, 128)
+    privileged_actor: bool = False  # the actor sees the 146-value observation (the guide ANN)
+    guide: str = "pid"  # pid | a guide ANN model file | none
+    jump_start: bool = True  # JSRL: the guide flies the first G steps of each rollout
+    guide_decay_share: float = 0.75  # share of training over which G shrinks to the warm-up floor
+    warmup_steps: int = 50  # no actor loss before this step of a window; guide steps in evaluation
+    q_weight: float = 2.0  # alpha of the TD3BC actor loss; 0 = no Q term (BC)
+    bc_weight: float = 0.2  # initial lambda_BC; 0 = no BC term (TD3)
+    bc_decay: float = 0.99  # lambda_BC *= bc_decay each iteration
+    # --- TD3
+    gamma: float = 0.99
+    tau: float = 0.01
+    policy_noise: float = 0.2
+    noise_clip: float = 0.5
+    policy_delay: int = 2
+    actor_lr: float = 1e-3
+    critic_lr: float = 3e-4
+    critic_hidden: tuple[int, ...] = (256, 128)
+    batch_size: int = 64  # windows per update
+    updates_per_iteration: int = 40
+    window: int = 100  # L
+    stride: int = 25
+    buffer_steps: int = 1_000_000
+    # --- schedules
+    slope: SlopeSchedule = field(default_factory=SlopeSchedule)
+    curriculum: bool = True  # False: always the final stage
+    # --- evaluation and files
+    eval_every: int = 5  # iterations
+    eval_episodes: int = 20
+    eval_starts: str = "paper"
+    checkpoint_every: int = 5  # iterations
+
+    def __post_init__(self):
+        if self.starts not in T.STARTS or self.eval_starts not in T.STARTS:
+            raise ConfigError(f"starts and eval_starts must be one of {sorted(T.STARTS)}")
+        if self.window <= self.warmup_steps:
+            raise ConfigError(f"window ({self.window}) must be longer than warmup_steps ({self.warmup_steps})")
+        if self.q_weight == 0 and self.bc_weight == 0:
+            raise ConfigError("q_weight and bc_weight are both 0: the actor would learn nothing")
+        if self.jump_start and self.guide == "none":
+            raise ConfigError("jump_start needs a guide (guide: pid or a guide model file)")
+        if not self.online and self.guide == "none":
+            raise ConfigError("offline training learns from guide rollouts: set a guide")
+        for key in ("iterations", "num_drones", "batch_size", "updates_per_iteration", "eval_every",
+                    "checkpoint_every", "policy_delay"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1")
+
+
+def load_train_config(path) -> TrainConfig:
+    return build(TrainConfig, load_yaml(path), str(path))
+
+
+# --- networks ---------------------------------------------------------------------------------
+def make_actor(config: TrainConfig):
+    obs_dim = T.PRIVILEGED_OBS_DIM if config.privileged_actor else T.OBS_DIM
+    if config.actor == "snn":
+        return SpikingActor(ActorArchitecture(obs_dim, tuple(config.actor_hidden), 4), slope=config.slope.initial)
+    return MLPActor(obs_dim, tuple(config.actor_hidden), 4)
+
+
+def actor_manifest(actor, config: TrainConfig, provenance: dict) -> tuple[dict, dict]:
+    """Model-file tensors and manifest of any actor."""
+    spiking = isinstance(actor, SpikingActor)
+    obs_dim = T.PRIVILEGED_OBS_DIM if config.privileged_actor else T.OBS_DIM
+    arch = {"type": "lif_actor" if spiking else "mlp", "obs_dim": obs_dim, "hidden": list(config.actor_hidden),
+            "action_dim": 4}
+    manifest = {"architecture": arch, "observation_layout": PRIVILEGED_OBS_LAYOUT if config.privileged_actor
+                else OBS_LAYOUT, "action_layout": ACTION_LAYOUT, "dt": T.TaskConfig().dt, "drone": config.drone,
+                "provenance": provenance}
+    if spiking:
+        manifest["slope"] = float(actor.slope)
+    tensors = {k: v.detach().cpu().numpy() for k, v in actor.state_dict().items() if k != "slope"}
+    return tensors, manifest
+
+
+def load_mlp(path, drone: str | None = None) -> MLPActor:
+    """A guide (or ANN actor) model file as a torch MLP."""
+    tensors, manifest = load_model(path, drone=drone)
+    arch = manifest["architecture"]
+    if arch["type"] != "mlp":
+        raise ConfigError(f"{path}: expected an MLP model, got {arch['type']!r}")
+    net = MLPActor(arch["obs_dim"], tuple(arch["hidden"]), arch["action_dim"])
+    state = {k: torch.as_tensor(v) for k, v in tensors.items()}
+    state["slope"] = net.slope
+    net.load_state_dict(state)
+    return net
+
+
+class TorchActorRunner:
+    """Any actor as a stateful numpy policy for ``batch`` drones (``step``/``reset(mask)``), no grad."""
+
+    def __init__(self, actor, batch: int):
+        self.actor, self.batch = actor, batch
+        self.reset()
+
+    def reset(self, mask=None):
+        if mask is None:
+            self.state = self.actor.zero_state(self.batch)
+        else:
+            self.state = self.actor.reset_state(self.state, torch.as_tensor(np.asarray(mask, dtype=bool)))
+
+    @torch.no_grad()
+    def step(self, obs):
+        action, self.state, _ = self.actor.step(self.state, torch.as_tensor(obs, dtype=torch.float32))
+        return action.double().numpy()
+
+
+class Guide:
+    """The guide of the rollouts: the PID on the actor observation, or a privileged ANN on the 146 values."""
+
+    def __init__(self, spec: str, drone: str, n: int, dt: float):
+        self.spec = spec
+        if spec == "pid":
+            self.pid = PIDController(load_drone(drone), n, dt)
+        else:
+            self.net = load_mlp(spec, drone=drone)
+
+    def __call__(self, obs) -> torch.Tensor:
+        if self.spec == "pid":
+            return torch.as_tensor(self.pid(obs.actor.double().numpy()), dtype=torch.float32)
+        with torch.no_grad():
+            return self.net(obs.privileged.float())
+
+    def reset(self, mask=None):
+        if self.spec == "pid":
+            self.pid.reset(None if mask is None else np.asarray(mask))
+
+
+# --- the algorithm ----------------------------------------------------------------------------
+class TD3Trainer:
+    """Owns the networks, the buffer and one environment; ``run()`` trains with checkpoints."""
+
+    def __init__(self, config: TrainConfig, out_dir: str | os.PathLike, log=print):
+        self.config, self.out_dir, self.log = config, Path(out_dir), log
+        torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        c = config
+        self.actor = make_actor(c)
+        self.actor_target = copy.deepcopy(self.actor)
+        obs_dim = T.PRIVILEGED_OBS_DIM if c.privileged_actor else T.OBS_DIM
+        self.critics = torch.nn.ModuleList(Critic(T.PRIVILEGED_OBS_DIM, 4, tuple(c.critic_hidden)) for _ in range(2))
+        self.critics_target = copy.deepcopy(self.critics)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critics.parameters(), lr=c.critic_lr)
+        self.slope = SlopeScheduler(c.slope)
+        fields = {"obs": (obs_dim,), "critic_obs": (T.PRIVILEGED_OBS_DIM,), "action": (4,), "reward": (),
+                  "terminated": (), "next_obs": (obs_dim,), "next_critic_obs": (T.PRIVILEGED_OBS_DIM,)}
+        self.task = T.TaskConfig(drone=c.drone, start=c.starts)
+        self.buffer = SequenceBuffer(c.buffer_steps, self.task.episode_steps, fields, c.window, c.stride)
+        self.env = FlightEnv(self.task, c.num_drones, engine="batched", seed=c.seed, autoreset=True,
+                             dtype=torch.float32, engine_options={"compile": c.compile_engine})
+        self.guide = None if c.guide == "none" else Guide(c.guide, c.drone, c.num_drones, self.task.dt)
+        self.iteration = 0  # next iteration to run
+        self.updates = 0
+        self.env_steps = 0  # drone-steps collected
+        self.history: list[dict] = []
+        self.best_score = -float("inf")
+        self.started = time.monotonic()
+        self.elapsed_before = 0.0  # training seconds of earlier sessions of a resumed run
+
+    # --- collection --------------------------------------------------------------------------
+    def collect(self, guide_steps_now: int, stage: int, seed: int, explore: bool = True) -> dict:
+        """One episode per drone (crashed drones start new episodes) into the buffer; returns stats."""
+        c, env, n = self.config, self.env, self.config.num_drones
+        env.stage = stage
+        obs, _ = env.reset(seed=seed)
+        if self.guide is not None:
+            self.guide.reset()
+        noise_gen = torch.Generator().manual_seed(seed)
+        state = self.actor.zero_state(n)
+        steps = self.task.episode_steps
+        rollout = {k: np.zeros((steps, n, *shape), np.float32) for k, shape in self.buffer.fields.items()}
+        episode_start = np.zeros((steps, n), bool)
+        new_episode = torch.ones(n, dtype=torch.bool)
+        episodes = []
+        for t in range(steps):
+            actor_in = obs.privileged if c.privileged_actor else obs.actor
+            with torch.no_grad():
+                action, state, _ = self.actor.step(state, actor_in.float())
+            if explore and c.exploration_std > 0:
+                action = action + c.exploration_std * torch.randn(action.shape, generator=noise_gen)
+            action = action.clamp(-1.0, 1.0)
+            if self.guide is not None and guide_steps_now > 0:
+                guided = (env.steps < guide_steps_now)[:, None]
+                action = torch.where(guided, self.guide(obs), action)
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            done = terminated | truncated
+            final = info.get("final_obs", next_obs)
+            store_next = torch.where(done[:, None], final.privileged if c.privileged_actor else final.actor,
+                                     next_obs.privileged if c.privileged_actor else next_obs.actor)
+            store_next_critic = torch.where(done[:, None], final.critic, next_obs.critic)
+            for k, v in (("obs", actor_in), ("critic_obs", obs.critic), ("action", action), ("reward", reward),
+                         ("terminated", terminated.float()), ("next_obs", store_next),
+                         ("next_critic_obs", store_next_critic)):
+                rollout[k][t] = v.numpy()
+            episode_start[t] = new_episode.numpy()
+            new_episode = done
+            episodes += info["episodes"]
+            if done.any():
+                state = self.actor.reset_state(state, done)
+                if self.guide is not None:
+                    self.guide.reset(done.numpy())
+            obs = next_obs
+        self.buffer.add(rollout, episode_start)
+        self.env_steps += steps * n
+        finished = [e for e in episodes if e["length"] > 0]
+        return {"train_return": float(np.mean([e["return"] for e in finished])) if finished else float("nan"),
+                "train_survival": float(np.mean([e["survived"] for e in finished])) if finished else float("nan")}
+
+    # --- updates -----------------------------------------------------------------------------
+    def critic_loss(self, batch: dict) -> torch.Tensor:
+        c = self.config
+        with torch.no_grad():
+            # pi'(s') for every step: unroll the target actor over the window plus the last next obs
+            inputs = torch.cat([batch["obs"], batch["next_obs"][-1:]], 0)
+            next_action = self.actor_target.unroll(inputs)[0][1:]
+            noise = (torch.randn_like(next_action) * c.policy_noise).clamp(-c.noise_clip, c.noise_clip)
+            next_action = (next_action + noise).clamp(-1.0, 1.0)
+            q_next = torch.min(*(q(batch["next_critic_obs"], next_action) for q in self.critics_target))
+            target = batch["reward"] + c.gamma * (1.0 - batch["terminated"]) * q_next
+        return sum(((q(batch["critic_obs"], batch["action"]) - target) ** 2).mean() for q in self.critics)
+
+    def actor_loss(self, batch: dict, lambda_bc: float) -> tuple[torch.Tensor, dict]:
+        """TD3BC on the steps after the warm-up, evaluated at the actor's own actions."""
+        c = self.config
+        pi, _, rates = self.actor.unroll(batch["obs"])
+        w = c.warmup_steps
+        pi, critic_obs, buffer_action = pi[w:], batch["critic_obs"][w:], batch["action"][w:]
+        loss = lambda_bc * ((pi - buffer_action) ** 2).sum(-1).mean()
+        q = None
+        if c.q_weight > 0:
+            q = self.critics[0](critic_obs, pi)
+            loss = loss - c.q_weight / q.abs().mean().detach().clamp(min=1e-6) * q.mean()
+        info = {"spike_rates": rates.tolist(), "q": q.detach().mean().item() if q is not None else float("nan")}
+        return loss, info
+
+    @torch.no_grad()
+    def soft_update(self) -> None:
+        tau = self.config.tau
+        for net, target in ((self.actor, self.actor_target), (self.critics, self.critics_target)):
+            for p, tp in zip(net.parameters(), target.parameters()):
+                tp.mul_(1 - tau).add_(p, alpha=tau)
+
+    def update(self, rng: np.random.Generator, lambda_bc: float) -> dict:
+        c = self.config
+        batch = {k: torch.as_tensor(v) for k, v in self.buffer.sample(c.batch_size, rng).items()}
+        stats = {}
+        if c.q_weight > 0:
+            loss = self.critic_loss(batch)
+            self.critic_opt.zero_grad()
+            loss.backward()
+            self.critic_opt.step()
+            stats["critic_loss"] = loss.item()
+        self.updates += 1
+        if self.updates % c.policy_delay == 0 or c.q_weight == 0:
+            loss, info = self.actor_loss(batch, lambda_bc)
+            self.actor_opt.zero_grad()
+            loss.backward()
+            self.actor_opt.step()
+            self.soft_update()
+            stats.update(actor_loss=loss.item(), **info)
+        return stats
+
+    # --- evaluation --------------------------------------------------------------------------
+    def evaluate(self, episodes: int | None = None, starts: str | None = None, stage: int | None = None,
+                 engine: str = "batched", seed: int | None = None) -> dict:
+        """The paper's evaluation: the PID guide flies the first warm-up steps, then the actor."""
+        c = self.config
+        n = episodes or c.eval_episodes
+        task = T.TaskConfig(drone=c.drone, start=starts or c.eval_starts,
+                            stage=self.task.curriculum.stages - 1 if stage is None else stage)
+        if c.privileged_actor:  # the guide ANN flies alone from the privileged observation
+            runner = TorchActorRunner(self.actor, n)
+            policy = _PrivilegedPolicy(runner)
+        else:
+            policy = EnvPolicy(GuidedPolicy(TorchActorRunner(self.actor, n),
+                                            PIDController(load_drone(c.drone), n, task.dt), c.warmup_steps))
+        return evaluate(policy, task, n, engine=engine, seed=10_000 + c.seed if seed is None else seed)
+
+    # --- the loop ------------------------------------------------------------------------------
+    def run(self, progress_bar: bool = True) -> dict:
+        from tqdm import tqdm
+
+        c = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        writer = _tensorboard(self.out_dir)
+        bar = tqdm(total=c.iterations, initial=self.iteration, disable=not progress_bar, dynamic_ncols=True,
+                   desc=c.name)
+        try:
+            while self.iteration < c.iterations:
+                row = self.run_iteration()
+                self.history.append(row)
+                _log_row(self.out_dir / "progress.csv", row)
+                if writer is not None:
+                    for k, v in row.items():
+                        if isinstance(v, (int, float)) and np.isfinite(v):
+                            writer.add_scalar(k, v, row["env_steps"])
+                bar.update(1)
+                bar.set_postfix({k: (f"{row[k]:.3g}" if isinstance(row[k], float) else row[k]) for k in
+                                 ("env_steps", "eval_return", "eval_survival", "slope", "stage", "guide_steps")
+                                 if k in row})
+                if self.iteration % c.checkpoint_every == 0 or self.iteration == c.iterations:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        return self.history[-1] if self.history else {}
+
+    def run_iteration(self) -> dict:
+        c, i = self.config, self.iteration
+        progress = i / c.iterations
+        seed = c.seed * 100_003 + i  # every iteration has its own seeds: a resumed run repeats it exactly
+        torch.manual_seed(seed)
+        rng = np.random.default_rng([c.seed, i])
+        stage = curriculum_stage(progress, self.task.curriculum.stages) if c.curriculum else \
+            self.task.curriculum.stages - 1
+        k = self.slope.slope(progress)
+        self.actor.set_slope(k)
+        self.actor_target.set_slope(k)
+        lambda_bc = bc_weight(i, c.bc_weight, c.bc_decay)
+        g = guide_steps(progress, self.task.episode_steps, c.warmup_steps, c.guide_decay_share) \
+            if c.jump_start else 0
+        row = {"iteration": i + 1, "slope": k, "stage": stage, "guide_steps": g, "lambda_bc": lambda_bc}
+        if c.online or i == 0:
+            rollouts = 1 if c.online else c.offline_rollouts
+            for r in range(rollouts):
+                # offline: the guide flies whole episodes; online: JSRL handover at G
+                row.update(self.collect(g if c.online else self.task.episode_steps, stage, seed * 31 + r,
+                                        explore=c.online))
+        stats = [self.update(rng, lambda_bc) for _ in range(c.updates_per_iteration)]
+        for key in ("critic_loss", "actor_loss", "q"):
+            values = [s[key] for s in stats if key in s]
+            if values:
+                row[key] = float(np.mean(values))
+        rates = [s["spike_rates"] for s in stats if s.get("spike_rates")]
+        for layer, rate in enumerate(np.mean(rates, 0) if rates else []):
+            row[f"spike_rate_{layer}"] = float(rate)
+        self.iteration += 1
+        row["env_steps"] = self.env_steps
+        row["updates"] = self.updates
+        if self.iteration % c.eval_every == 0 or self.iteration == c.iterations:
+            ev = self.evaluate()
+            row.update(eval_return=ev["return_mean"], eval_survival=ev["survival_rate"],
+                       eval_position_error=ev["position_error_mean"])
+            self.slope.observe(ev["return_mean"])
+            if ev["return_mean"] > self.best_score:
+                self.best_score = ev["return_mean"]
+                self.save_model(self.out_dir / "best.safetensors", {"evaluation": ev, "iteration": self.iteration})
+        row["seconds"] = self.elapsed_before + time.monotonic() - self.started
+        return row
+
+    # --- files -------------------------------------------------------------------------------
+    def provenance(self, extra: dict | None = None) -> dict:
+        c = self.config
+        method = ("td3bc_jsrl" if c.online and c.jump_start and c.bc_weight > 0 else
+                  "td3" if c.online and c.bc_weight == 0 else
+                  "bc" if not c.online and c.q_weight == 0 else "td3bc" if not c.online else "custom")
+        return {"method": method, "training_config": to_dict(c), "seed": c.seed, "iterations": self.iteration,
+                "updates": self.updates, "env_steps": self.env_steps, "code_version": code_version(),
+                "train_seconds": round(self.elapsed_before + time.monotonic() - self.started, 1), **(extra or {})}
+
+    def save_model(self, path, extra: dict | None = None) -> None:
+        tensors, manifest = actor_manifest(self.actor, self.config, self.provenance(extra))
+        save_model(path, tensors, manifest)
+
+    def save_checkpoint(self) -> None:
+        """Everything needed to continue exactly, written atomically (temp file + rename)."""
+        buf = self.buffer.state_dict()
+        state = {
+            "config": to_dict(self.config), "iteration": self.iteration, "updates": self.updates,
+            "best_score": self.best_score, "history": self.history, "env_steps": self.env_steps,
+            "elapsed": self.elapsed_before + time.monotonic() - self.started,
+            "actor": self.actor.state_dict(), "actor_target": self.actor_target.state_dict(),
+            "critics": self.critics.state_dict(), "critics_target": self.critics_target.state_dict(),
+            "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+            "slope": self.slope.state_dict(),
+            "buffer": {"data": {k: torch.from_numpy(v) for k, v in buf["data"].items()},
+                       "windows": [torch.from_numpy(w) for w in buf["windows"]],
+                       "next_slot": buf["next_slot"], "filled": buf["filled"]},
+        }
+        path = self.out_dir / "checkpoint.pt"
+        tmp = path.with_name("checkpoint.pt.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self) -> bool:
+        path = self.out_dir / "checkpoint.pt"
+        if not path.is_file():
+            return False
+        try:
+            state = torch.load(path, weights_only=True)
+        except Exception as exc:  # a corrupt checkpoint must say so, not start over silently
+            raise ConfigError(f"{path}: cannot read the checkpoint ({exc})") from None
+        saved = state["config"]
+        current = to_dict(self.config)
+        differing = sorted(k for k in current if saved.get(k) != current[k])
+        if differing:
+            raise ConfigError(f"{path}: the checkpoint was written with a different config ({differing}); "
+                              "resume with the same config or start a new run directory")
+        self.iteration, self.updates, self.best_score = state["iteration"], state["updates"], state["best_score"]
+        self.history, self.elapsed_before = state["history"], state["elapsed"]
+        self.env_steps = state["env_steps"]
+        self.actor.load_state_dict(state["actor"])
+        self.actor_target.load_state_dict(state["actor_target"])
+        self.critics.load_state_dict(state["critics"])
+        self.critics_target.load_state_dict(state["critics_target"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.slope.load_state_dict(state["slope"])
+        b = state["buffer"]
+        self.buffer.load_state_dict({"data": {k: v.numpy() for k, v in b["data"].items()},
+                                     "windows": [w.numpy() for w in b["windows"]],
+                                     "next_slot": b["next_slot"], "filled": b["filled"]})
+        self.started = time.monotonic()
+        return True
+
+
+class _PrivilegedPolicy:
+    """A privileged actor (the guide ANN) flying alone in FlightEnv."""
+
+    def __init__(self, runner: TorchActorRunner):
+        self.runner = runner
+
+    def reset(self, mask=None):
+        self.runner.reset(mask)
+
+    def __call__(self, obs):
+        return torch.as_tensor(self.runner.step(obs.privileged.float().numpy()), dtype=obs.actor.dtype)
+
+
+def _tensorboard(out_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed: the CSV log still has everything
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+def _log_row(path: Path, row: dict) -> None:
+    """Append to the CSV log (a new column rewrites the header)."""
+    rows = []
+    if path.is_file():
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+    rows.append({k: v for k, v in row.items()})
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def train(config: TrainConfig, out_dir, resume: bool = False, log=print, progress_bar: bool = True) -> dict:
+    """Train (or continue) a run in ``out_dir``: checkpoint.pt, progress.csv, tensorboard/, final and best models."""
+    out_dir = Path(out_dir)
+    if (out_dir / "checkpoint.pt").exists() and not resume:
+        raise ConfigError(f"{out_dir} already holds a run: pass --resume to continue it, or choose another --out")
+    trainer = TD3Trainer(config, out_dir, log=log)
+    if resume and trainer.load_checkpoint():
+        log(f"resumed {out_dir} at iteration {trainer.iteration}/{config.iterations}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=1))
+    trainer.run(progress_bar=progress_bar)
+    final = {}
+    for start in ("moderate", "paper"):
+        final[start] = trainer.evaluate(episodes=100, starts=start)
+    trainer.save_model(out_dir / "final.safetensors", {"evaluation": {"stage": 5, "episodes": 100,
+                                                                       "engine": "batched", **final}})
+    return {"out_dir": str(out_dir), "iterations": trainer.iteration, "env_steps": trainer.env_steps,
+            "train_seconds": round(trainer.elapsed_before + time.monotonic() - trainer.started, 1),
+            "evaluation": final, "history": trainer.history}
+
+
+def quick_config(**changes) -> TrainConfig:
+    return replace(TrainConfig(), **changes)

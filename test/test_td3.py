@@ -1,0 +1,188 @@
+"""Training pieces: sequence buffer, TD3BC actor loss, target updates, resume, a tiny run that learns."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from snn_controller.config import ConfigError
+from snn_controller.replay_buffer import SequenceBuffer
+from snn_controller.td3 import TD3Trainer, TrainConfig, load_train_config, quick_config
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(num_drones=8, iterations=4, updates_per_iteration=3, batch_size=4, eval_every=2, eval_episodes=4,
+            checkpoint_every=1, buffer_steps=20_000, actor_hidden=(32, 16), critic_hidden=(32, 32))
+
+
+def test_buffer_windows_stay_inside_episodes():
+    buf = SequenceBuffer(capacity_steps=2000, segment_steps=10, fields={"x": (), "v": (2,)}, window=4, stride=2)
+    starts = np.zeros((10, 2), bool)
+    starts[0] = True
+    starts[5, 0] = True  # drone 0: episodes [0, 5) and [5, 10); drone 1: one episode
+    x = np.tile(np.arange(10, dtype=np.float32)[:, None], (1, 2))
+    x[5:, 0] += 100  # mark drone 0's second episode
+    buf.add({"x": x, "v": np.zeros((10, 2, 2), np.float32)}, starts)
+    # drone 0: starts 0 (0..3) and 5 (5..8); drone 1: 0, 2, 4, 6
+    assert sorted(map(tuple, buf._index.tolist())) == [(0, 0), (0, 5), (1, 0), (1, 2), (1, 4), (1, 6)]
+    batch = buf.sample(200, np.random.default_rng(0))
+    assert batch["x"].shape == (4, 200) and batch["v"].shape == (4, 200, 2)
+    steps = np.diff(batch["x"], axis=0)
+    assert (steps == 1).all(), "a window never jumps across an episode boundary"
+    with pytest.raises(ValueError, match="rollout has 9 steps"):
+        buf.add({"x": x[:9], "v": np.zeros((9, 2, 2), np.float32)}, starts[:9])
+
+
+def test_buffer_ring_overwrites_oldest_segments():
+    buf = SequenceBuffer(capacity_steps=30, segment_steps=10, fields={"x": ()}, window=5, stride=5)
+    for k in range(4):  # 4 rollouts of 1 drone, room for 3 segments
+        buf.add({"x": np.full((10, 1), k, np.float32)}, np.eye(10, 1, dtype=bool))
+    assert len(buf) == 30 and sorted(set(buf.data["x"][:, 0].tolist())) == [1.0, 2.0, 3.0]
+
+
+@pytest.fixture
+def trainer(tmp_path):
+    config = quick_config(**TINY)
+    return TD3Trainer(config, tmp_path)
+
+
+def _batch(trainer, length=None):
+    c = trainer.config
+    length = length or c.window
+    g = torch.Generator().manual_seed(0)
+    b = 3
+    return {"obs": torch.randn(length, b, 18, generator=g), "critic_obs": torch.randn(length, b, 146, generator=g),
+            "action": torch.rand(length, b, 4, generator=g) * 2 - 1, "reward": torch.randn(length, b, generator=g),
+            "terminated": torch.zeros(length, b), "next_obs": torch.randn(length, b, 18, generator=g),
+            "next_critic_obs": torch.randn(length, b, 146, generator=g)}
+
+
+def test_actor_loss_ignores_the_warmup_and_uses_the_actors_actions(trainer):
+    batch = _batch(trainer)
+    trainer.config = replace(trainer.config, q_weight=0.0)
+    with torch.no_grad():
+        own = trainer.actor.unroll(batch["obs"])[0]
+    batch["action"] = own.clone()
+    batch["action"][:50] = 5.0  # garbage during the warm-up must not matter
+    loss, _ = trainer.actor_loss(batch, lambda_bc=1.0)
+    assert loss.item() == pytest.approx(0.0, abs=1e-10)
+    batch["action"][60] += 0.5
+    assert trainer.actor_loss(batch, lambda_bc=1.0)[0].item() > 0
+
+
+def test_q_term_is_at_the_actors_actions_and_reaches_the_actor(trainer):
+    trainer.config = replace(trainer.config, bc_weight=0.0)
+    batch = _batch(trainer)
+    loss, _ = trainer.actor_loss(batch, lambda_bc=0.0)
+    trainer.actor.zero_grad()
+    loss.backward()
+    grads = [p.grad for p in trainer.actor.parameters()]
+    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    other = dict(batch, action=-batch["action"])  # the buffer action must not enter the Q term
+    assert trainer.actor_loss(other, lambda_bc=0.0)[0].item() == pytest.approx(loss.item())
+
+
+def test_target_networks_move_by_tau(trainer):
+    tau = trainer.config.tau
+    before = [p.clone() for p in trainer.critics_target.parameters()]
+    actor_before = [p.clone() for p in trainer.actor_target.parameters()]
+    with torch.no_grad():
+        for p in list(trainer.critics.parameters()) + list(trainer.actor.parameters()):
+            p.add_(1.0)
+    trainer.soft_update()
+    for b, p, t in zip(before, trainer.critics.parameters(), trainer.critics_target.parameters()):
+        assert torch.allclose(t, (1 - tau) * b + tau * p, atol=1e-7)
+    for b, p, t in zip(actor_before, trainer.actor.parameters(), trainer.actor_target.parameters()):
+        assert torch.allclose(t, (1 - tau) * b + tau * p, atol=1e-7)
+
+
+def test_critic_target_uses_the_next_step_of_the_target_actor(trainer):
+    batch = _batch(trainer, length=60)
+    batch["terminated"][:] = 1.0  # terminal everywhere: y = r exactly, whatever the target actor says
+    loss = trainer.critic_loss(batch)
+    expected = sum(((q(batch["critic_obs"], batch["action"]) - batch["reward"]) ** 2).mean()
+                   for q in trainer.critics)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_config_validation(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("name: x\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['learning_rate'\]"):
+        load_train_config(f)
+    f.write_text("q_weight: 0.0\nbc_weight: 0.0\n")
+    with pytest.raises(ConfigError, match="learn nothing"):
+        load_train_config(f)
+    f.write_text("slope: {kind: steep}\n")
+    with pytest.raises(ConfigError, match="slope: kind"):
+        load_train_config(f)
+    for path in sorted((ROOT / "config" / "train").glob("*.yaml")):
+        if path.name != "bc.yaml":
+            assert isinstance(load_train_config(path), TrainConfig), path
+
+
+def _final_weights(out_dir):
+    state = torch.load(Path(out_dir) / "checkpoint.pt", weights_only=True)
+    return state["actor"], state["critics"], state["history"]
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
+    import json
+
+    config_file = tmp_path / "tiny.yaml"
+    import yaml
+
+    config_file.write_text(yaml.safe_dump({**TINY, "actor_hidden": [32, 16], "critic_hidden": [32, 32]}))
+    cmd = [sys.executable, "-m", "snn_controller.cli", "train", "--config", str(config_file), "--json"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ref = subprocess.run(cmd + ["--out", str(tmp_path / "ref")], capture_output=True, text=True, env=env, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    # the same run, killed (SIGKILL) once its second checkpoint exists, then resumed
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ck = run / "checkpoint.pt"
+        if ck.exists():
+            try:
+                if torch.load(ck, weights_only=True)["iteration"] >= 2:
+                    break
+            except Exception:  # being replaced right now
+                pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = torch.load(run / "checkpoint.pt", weights_only=True)["iteration"]
+    assert 2 <= done <= 4
+    res = subprocess.run(cmd + ["--out", str(run), "--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    a_actor, a_critics, a_hist = _final_weights(tmp_path / "ref")
+    b_actor, b_critics, b_hist = _final_weights(run)
+    for k in a_actor:
+        assert torch.equal(a_actor[k], b_actor[k]), f"actor {k} differs after resume"
+    for k in a_critics:
+        assert torch.equal(a_critics[k], b_critics[k]), f"critic {k} differs after resume"
+    assert [h["iteration"] for h in b_hist] == [1, 2, 3, 4], "no iteration lost or repeated"
+    assert json.loads(res.stdout.strip().splitlines()[-1])["iterations"] == 4
+    again = subprocess.run(cmd + ["--out", str(run)], capture_output=True, text=True, env=env, timeout=60)
+    assert again.returncode == 2 and "--resume" in again.stdout
+
+
+def test_a_tiny_training_run_improves_a_fresh_network(tmp_path):
+    """Easy setting: moderate starts, the method's config at a tiny budget (the BC term dominates early)."""
+    config = quick_config(num_drones=32, iterations=3, updates_per_iteration=60, batch_size=16, eval_every=3,
+                          eval_episodes=16, starts="moderate", eval_starts="moderate", checkpoint_every=3,
+                          buffer_steps=100_000)
+    trainer = TD3Trainer(config, tmp_path)
+    before = trainer.evaluate(episodes=32, starts="moderate")
+    trainer.run(progress_bar=False)
+    after = trainer.evaluate(episodes=32, starts="moderate")
+    # paired comparison: the same evaluation starts and noise before and after
+    assert after["return_mean"] > before["return_mean"] + 25, (before, after)
