@@ -119,3 +119,29 @@ def _snntorch_step(snntorch, actor, x):
             torch.tanh(readout(h))
 
     return step
+
+
+def bench_train(num_drones: int = 256, updates: int = 10, batch_size: int = 64) -> dict:
+    """Training throughput, in one run: rollout env-steps/s with the spiking actor (and the PID
+    guide for half of each episode) in the loop, and sequence updates per second."""
+    import tempfile
+
+    from .td3 import TD3Trainer, quick_config
+
+    config = quick_config(num_drones=num_drones, batch_size=batch_size, threads=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = TD3Trainer(config, tmp)
+        start = time.perf_counter()
+        trainer.collect(guide_steps_now=250, stage=0, seed=0)
+        rollout_s = time.perf_counter() - start
+        steps = num_drones * trainer.task.episode_steps
+        rng = np.random.default_rng(0)
+        trainer.update(rng, 0.2)  # warm-up
+        start = time.perf_counter()
+        for _ in range(updates):
+            trainer.update(rng, 0.2)
+        update_s = (time.perf_counter() - start) / updates
+    return {"num_drones": num_drones, "rollout_env_steps_per_s": steps / rollout_s,
+            "updates_per_s": 1 / update_s, "batch_windows": batch_size, "window": config.window,
+            "sequence_steps_per_s": batch_size * config.window / update_s,
+            "note": "an update = critic step on batch x L steps; the actor (BPTT over L) every policy_delay updates"}

@@ -18,7 +18,7 @@ def _emit(args, result: dict, text: str) -> None:
 
 
 def _fmt_rate(r: float) -> str:
-    return f"{r / 1e6:.2f} M" if r >= 1e6 else f"{r / 1e3:.1f} k"
+    return f"{r / 1e6:.2f}M" if r >= 1e6 else f"{r / 1e3:.1f}k"
 
 
 # --- sim ---------------------------------------------------------------------------------------
@@ -62,11 +62,11 @@ def cmd_bench_sim(args) -> int:
 
     r = bench_sim(args.drone, min_seconds=args.seconds, compile=not args.no_compile)
     lines = [f"pybullet engine, 1 drone ({r['pybullet_substeps']} substeps): "
-             f"{_fmt_rate(r['pybullet_steps_per_s'])}steps/s"]
+             f"{_fmt_rate(r['pybullet_steps_per_s'])} steps/s"]
     for key in ("batched_eager_drone_steps_per_s", "batched_compiled_drone_steps_per_s"):
         if key in r:
             lines.append(f"{key.split('_')[1]} batched RK4 float32: " + ", ".join(
-                f"N={n}: {_fmt_rate(v)}drone-steps/s" for n, v in r[key].items()))
+                f"N={n}: {_fmt_rate(v)} drone-steps/s" for n, v in r[key].items()))
     lines.append(f"ratio batched (N=max) / pybullet: {r['ratio_batched_at_max_n_to_pybullet']:.0f}x")
     _emit(args, r, "\n".join(lines))
     return 0
@@ -109,6 +109,17 @@ def cmd_bag_info(args) -> int:
     lines = [f"{r['path']}: {r['messages']} messages over {r['duration_s']:.1f} s"]
     lines += [f"  {name:28s} {t['messages']:6d}  {t['type']}" for name, t in sorted(r["topics"].items())]
     _emit(args, r, "\n".join(lines))
+    return 0
+
+
+def cmd_bench_train(args) -> int:
+    from .bench import bench_train
+
+    r = bench_train(args.drones, updates=args.updates)
+    text = (f"rollouts: {_fmt_rate(r['rollout_env_steps_per_s'])} env steps/s with the SNN in the loop "
+            f"({r['num_drones']} drones)\nupdates: {r['updates_per_s']:.2f}/s = "
+            f"{_fmt_rate(r['sequence_steps_per_s'])} sequence steps/s (batch {r['batch_windows']} x L {r['window']})")
+    _emit(args, r, text)
     return 0
 
 
@@ -207,12 +218,15 @@ def cmd_eval(args) -> int:
         from .model_file import load_model
 
         tensors, manifest = load_model(args.model)
-        if manifest["architecture"]["type"] != "lif_actor":
-            raise ValueError(f"{args.model}: snnctl eval flies actor models (lif_actor), "
-                             f"this is a {manifest['architecture']['type']!r}")
         task = TaskConfig(drone=manifest["drone"], start=args.starts, stage=args.stage, dt=manifest["dt"])
-        r = evaluate_actor(tensors, manifest, task, args.episodes, seed=args.seed, engine=args.engine,
-                           warmup_steps=args.warmup_steps)
+        if manifest["architecture"]["type"] == "lif_actor":
+            r = evaluate_actor(tensors, manifest, task, args.episodes, seed=args.seed, engine=args.engine,
+                               warmup_steps=args.warmup_steps)
+        else:  # an ANN actor or the privileged guide ANN, through torch
+            from .td3 import evaluate_mlp
+
+            r = evaluate_mlp(args.model, task, args.episodes, seed=args.seed, engine=args.engine,
+                             warmup_steps=args.warmup_steps)
         drone, warmup = manifest["drone"], args.warmup_steps
     r.update({"model": str(args.model), "drone": drone, "starts": args.starts, "stage": args.stage,
               "engine": args.engine, "seed": args.seed, "guide_warmup_steps": warmup})
@@ -303,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     bag = sub.add_parser("bag", help="rosbag2 tools").add_subparsers(dest="bag_command", required=True)
     p = add(bag, "info", cmd_bag_info, "topics, types and message counts of a recorded bag")
     p.add_argument("path", help="bag directory")
+
+    p = add(bench, "train", cmd_bench_train, "training throughput: rollouts and sequence updates")
+    p.add_argument("--drones", type=int, default=256)
+    p.add_argument("--updates", type=int, default=10)
 
     p = add(sub, "eval", cmd_eval, "evaluate a model file on the paper task")
     p.add_argument("model", help="model file (.safetensors), or 'pid' for the guide alone")

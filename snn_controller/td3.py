@@ -348,7 +348,9 @@ class TD3Trainer:
         return evaluate(policy, task, n, engine=engine, seed=10_000 + c.seed if seed is None else seed)
 
     # --- the loop ------------------------------------------------------------------------------
-    def run(self, progress_bar: bool = True) -> dict:
+    def run(self, progress_bar: bool = True, on_iteration=None, should_stop=None) -> dict:
+        """Train until ``iterations``; ``on_iteration(row)`` after each, ``should_stop()`` ends early
+        (after a checkpoint, so the run can be resumed)."""
         from tqdm import tqdm
 
         c = self.config
@@ -369,8 +371,13 @@ class TD3Trainer:
                 bar.set_postfix({k: (f"{row[k]:.3g}" if isinstance(row[k], float) else row[k]) for k in
                                  ("env_steps", "eval_return", "eval_survival", "slope", "stage", "guide_steps")
                                  if k in row})
-                if self.iteration % c.checkpoint_every == 0 or self.iteration == c.iterations:
+                stop = should_stop is not None and should_stop()
+                if self.iteration % c.checkpoint_every == 0 or self.iteration == c.iterations or stop:
                     self.save_checkpoint()
+                if on_iteration is not None:
+                    on_iteration(row)
+                if stop:
+                    break
         finally:
             bar.close()
             if writer is not None:
@@ -486,6 +493,19 @@ class TD3Trainer:
         return True
 
 
+def evaluate_mlp(path, task: T.TaskConfig, episodes: int, seed: int, engine: str = "batched",
+                 warmup_steps: int = 50) -> dict:
+    """Evaluate an MLP model file: an actor after the PID warm-up, or a privileged guide alone."""
+    net = load_mlp(path, drone=task.drone)
+    runner = TorchActorRunner(net, episodes)
+    if net.obs_dim == T.PRIVILEGED_OBS_DIM:
+        policy = _PrivilegedPolicy(runner)
+    else:
+        policy = EnvPolicy(GuidedPolicy(runner, PIDController(load_drone(task.drone), episodes, task.dt),
+                                        warmup_steps))
+    return evaluate(policy, task, episodes, engine=engine, seed=seed)
+
+
 class _PrivilegedPolicy:
     """A privileged actor (the guide ANN) flying alone in FlightEnv."""
 
@@ -523,7 +543,8 @@ def _log_row(path: Path, row: dict) -> None:
     os.replace(tmp, path)
 
 
-def train(config: TrainConfig, out_dir, resume: bool = False, log=print, progress_bar: bool = True) -> dict:
+def train(config: TrainConfig, out_dir, resume: bool = False, log=print, progress_bar: bool = True,
+          on_iteration=None, should_stop=None) -> dict:
     """Train (or continue) a run in ``out_dir``: checkpoint.pt, progress.csv, tensorboard/, final and best models."""
     out_dir = Path(out_dir)
     if (out_dir / "checkpoint.pt").exists() and not resume:
@@ -533,7 +554,11 @@ def train(config: TrainConfig, out_dir, resume: bool = False, log=print, progres
         log(f"resumed {out_dir} at iteration {trainer.iteration}/{config.iterations}")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=1))
-    trainer.run(progress_bar=progress_bar)
+    trainer.run(progress_bar=progress_bar, on_iteration=on_iteration, should_stop=should_stop)
+    if trainer.iteration < config.iterations:  # stopped early: resumable, no final model yet
+        return {"out_dir": str(out_dir), "iterations": trainer.iteration, "env_steps": trainer.env_steps,
+                "train_seconds": round(trainer.elapsed_before + time.monotonic() - trainer.started, 1),
+                "evaluation": {}, "history": trainer.history, "stopped": True}
     final = {}
     for start in ("moderate", "paper"):
         final[start] = trainer.evaluate(episodes=100, starts=start)

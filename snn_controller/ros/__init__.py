@@ -15,4 +15,5 @@ NODES = {
     "pid_controller": "snn_controller.ros.pid_controller",
     "snn_policy": "snn_controller.ros.snn_policy",
     "flight_recorder": "snn_controller.ros.flight_recorder",
+    "trainer": "snn_controller.ros.trainer",
 }
