@@ -202,12 +202,11 @@ def _monitor(runner, names, args) -> dict:
 
 # --- models ------------------------------------------------------------------------------------
 def cmd_eval(args) -> int:
-    from .bc import evaluate_actor
-    from .envs import evaluate
     from .task import TaskConfig
 
     if args.model == "pid":  # the guide alone, for comparison
         from .drone import load_drone
+        from .envs import evaluate
         from .pid import PIDPolicy
 
         task = TaskConfig(drone=args.drone, start=args.starts, stage=args.stage)
@@ -215,19 +214,14 @@ def cmd_eval(args) -> int:
                      engine=args.engine, seed=args.seed)
         drone, warmup = args.drone, 0
     else:
+        from .evaluation import evaluate_model
         from .model_file import load_model
 
-        tensors, manifest = load_model(args.model)
-        task = TaskConfig(drone=manifest["drone"], start=args.starts, stage=args.stage, dt=manifest["dt"])
-        if manifest["architecture"]["type"] == "lif_actor":
-            r = evaluate_actor(tensors, manifest, task, args.episodes, seed=args.seed, engine=args.engine,
-                               warmup_steps=args.warmup_steps)
-        else:  # an ANN actor or the privileged guide ANN, through torch
-            from .td3 import evaluate_mlp
-
-            r = evaluate_mlp(args.model, task, args.episodes, seed=args.seed, engine=args.engine,
-                             warmup_steps=args.warmup_steps)
+        _, manifest = load_model(args.model)
         drone, warmup = manifest["drone"], args.warmup_steps
+        task = TaskConfig(drone=drone, start=args.starts, stage=args.stage, dt=manifest["dt"])
+        r = evaluate_model(args.model, task, args.episodes, seed=args.seed, engine=args.engine,
+                           warmup_steps=warmup)
     r.update({"model": str(args.model), "drone": drone, "starts": args.starts, "stage": args.stage,
               "engine": args.engine, "seed": args.seed, "guide_warmup_steps": warmup})
     text = (f"{args.model} ({drone}) on {args.starts} starts, stage {args.stage}, {args.engine} engine, "
@@ -238,23 +232,6 @@ def cmd_eval(args) -> int:
     if "spikes_per_step" in r:
         text += f"\n  spikes per step per layer {r['spikes_per_step']}"
     _emit(args, r, text)
-    return 0
-
-
-def cmd_train_bc(args) -> int:
-    from dataclasses import replace
-
-    from .bc import load_bc_config, train_bc
-
-    config = load_bc_config(args.config)
-    if args.seed is not None:
-        config = replace(config, seed=args.seed)
-    out = args.out or f"runs/bc_seed{config.seed}.safetensors"
-    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
-    _, provenance = train_bc(config, out_path=out, log=log)
-    result = {"model": out, **{k: provenance[k] for k in ("method", "seed", "updates", "env_steps", "train_seconds")},
-              "evaluation": provenance["evaluation"]}
-    _emit(args, result, f"saved {out} ({provenance['train_seconds']:.0f} s)")
     return 0
 
 
@@ -337,11 +314,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default=None, help="run directory (default runs/<name>_seed<S>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-
-    p = add(sub, "train-bc", cmd_train_bc, "behaviour cloning of the PID guide (the BC baseline)")
-    p.add_argument("--config", default="config/train/bc.yaml")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--out", default=None, help="model file to write (default runs/bc_seed<S>.safetensors)")
 
     p = add(sub, "launch", cmd_launch, "run a ROS 2 YAML launch file (no ros2 launch needed)")
     p.add_argument("file", help="launch file name in launch/ or a path")

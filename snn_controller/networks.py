@@ -71,8 +71,3 @@ class Critic(nn.Module):
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([obs, action], -1)).squeeze(-1)
-
-
-def mlp_tensors(actor: MLPActor) -> dict:
-    """MLP weights under the model-file names (``layers.i.linear.*``, ``readout.*``)."""
-    return {k: v.detach().cpu().numpy() for k, v in actor.state_dict().items() if k != "slope"}

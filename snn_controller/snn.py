@@ -154,8 +154,8 @@ class SpikingActor(nn.Module):
 
 
 # --- model files ---------------------------------------------------------------------------
-def actor_tensors(actor: SpikingActor) -> dict:
-    """Weights as numpy arrays under the model-file names (the slope goes to the manifest)."""
+def actor_tensors(actor: nn.Module) -> dict:
+    """Any actor's weights as numpy arrays under the model-file names (a slope goes to the manifest)."""
     return {k: v.detach().cpu().numpy() for k, v in actor.state_dict().items() if k != "slope"}
 
 

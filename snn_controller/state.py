@@ -6,7 +6,7 @@ Frames and units: ``position`` world [m]; ``quaternion`` body->world rotation (w
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch

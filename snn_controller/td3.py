@@ -40,13 +40,13 @@ from . import task as T
 from .config import ConfigError, build, load_yaml, to_dict
 from .drone import load_drone
 from .envs import FlightEnv, evaluate
-from .model_file import ACTION_LAYOUT, OBS_LAYOUT, PRIVILEGED_OBS_LAYOUT, code_version, load_model, save_model
+from .evaluation import TorchActorRunner, flight_policy, load_mlp
+from .model_file import ACTION_LAYOUT, OBS_LAYOUT, PRIVILEGED_OBS_LAYOUT, code_version, save_model
 from .networks import Critic, MLPActor
 from .pid import PIDController
-from .policy import EnvPolicy, GuidedPolicy
 from .replay_buffer import SequenceBuffer
 from .schedules import SlopeSchedule, SlopeScheduler, bc_weight, curriculum_stage, guide_steps
-from .snn import ActorArchitecture, SpikingActor
+from .snn import ActorArchitecture, SpikingActor, actor_tensors
 
 
 @dataclass(frozen=True)
@@ -139,40 +139,7 @@ def actor_manifest(actor, config: TrainConfig, provenance: dict) -> tuple[dict, 
                 "provenance": provenance}
     if spiking:
         manifest["slope"] = float(actor.slope)
-    tensors = {k: v.detach().cpu().numpy() for k, v in actor.state_dict().items() if k != "slope"}
-    return tensors, manifest
-
-
-def load_mlp(path, drone: str | None = None) -> MLPActor:
-    """A guide (or ANN actor) model file as a torch MLP."""
-    tensors, manifest = load_model(path, drone=drone)
-    arch = manifest["architecture"]
-    if arch["type"] != "mlp":
-        raise ConfigError(f"{path}: expected an MLP model, got {arch['type']!r}")
-    net = MLPActor(arch["obs_dim"], tuple(arch["hidden"]), arch["action_dim"])
-    state = {k: torch.as_tensor(v) for k, v in tensors.items()}
-    state["slope"] = net.slope
-    net.load_state_dict(state)
-    return net
-
-
-class TorchActorRunner:
-    """Any actor as a stateful numpy policy for ``batch`` drones (``step``/``reset(mask)``), no grad."""
-
-    def __init__(self, actor, batch: int):
-        self.actor, self.batch = actor, batch
-        self.reset()
-
-    def reset(self, mask=None):
-        if mask is None:
-            self.state = self.actor.zero_state(self.batch)
-        else:
-            self.state = self.actor.reset_state(self.state, torch.as_tensor(np.asarray(mask, dtype=bool)))
-
-    @torch.no_grad()
-    def step(self, obs):
-        action, self.state, _ = self.actor.step(self.state, torch.as_tensor(obs, dtype=torch.float32))
-        return action.double().numpy()
+    return actor_tensors(actor), manifest
 
 
 class Guide:
@@ -339,12 +306,7 @@ class TD3Trainer:
         n = episodes or c.eval_episodes
         task = T.TaskConfig(drone=c.drone, start=starts or c.eval_starts,
                             stage=self.task.curriculum.stages - 1 if stage is None else stage)
-        if c.privileged_actor:  # the guide ANN flies alone from the privileged observation
-            runner = TorchActorRunner(self.actor, n)
-            policy = _PrivilegedPolicy(runner)
-        else:
-            policy = EnvPolicy(GuidedPolicy(TorchActorRunner(self.actor, n),
-                                            PIDController(load_drone(c.drone), n, task.dt), c.warmup_steps))
+        policy = flight_policy(TorchActorRunner(self.actor, n), task, n, c.privileged_actor, c.warmup_steps)
         return evaluate(policy, task, n, engine=engine, seed=10_000 + c.seed if seed is None else seed)
 
     # --- the loop ------------------------------------------------------------------------------
@@ -491,32 +453,6 @@ class TD3Trainer:
                                      "next_slot": b["next_slot"], "filled": b["filled"]})
         self.started = time.monotonic()
         return True
-
-
-def evaluate_mlp(path, task: T.TaskConfig, episodes: int, seed: int, engine: str = "batched",
-                 warmup_steps: int = 50) -> dict:
-    """Evaluate an MLP model file: an actor after the PID warm-up, or a privileged guide alone."""
-    net = load_mlp(path, drone=task.drone)
-    runner = TorchActorRunner(net, episodes)
-    if net.obs_dim == T.PRIVILEGED_OBS_DIM:
-        policy = _PrivilegedPolicy(runner)
-    else:
-        policy = EnvPolicy(GuidedPolicy(runner, PIDController(load_drone(task.drone), episodes, task.dt),
-                                        warmup_steps))
-    return evaluate(policy, task, episodes, engine=engine, seed=seed)
-
-
-class _PrivilegedPolicy:
-    """A privileged actor (the guide ANN) flying alone in FlightEnv."""
-
-    def __init__(self, runner: TorchActorRunner):
-        self.runner = runner
-
-    def reset(self, mask=None):
-        self.runner.reset(mask)
-
-    def __call__(self, obs):
-        return torch.as_tensor(self.runner.step(obs.privileged.float().numpy()), dtype=obs.actor.dtype)
 
 
 def _tensorboard(out_dir: Path):

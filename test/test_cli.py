@@ -90,3 +90,28 @@ def test_snnctl_console_script_human_output():
     out = subprocess.run([sys.executable, "-m", "snn_controller.cli", "sim", "replay", "--drone", "nope",
                           "--input", "x.npz", "--output", "y.npz"], capture_output=True, text=True)
     assert out.returncode == 2 and "unknown drone 'nope'" in out.stderr
+
+
+def test_eval_shipped_model_pid_and_bad_files(capsys, tmp_path):
+    code, r = run_json(capsys, "eval", "models/snn_cf21.safetensors", "--episodes", "8", "--starts", "moderate")
+    assert code == 0 and r["episodes"] == 8 and r["drone"] == "cf21" and r["guide_warmup_steps"] == 50
+    assert 0 <= r["survival_rate"] <= 1 and len(r["spikes_per_step"]) == 2 and min(r["spikes_per_step"]) > 0
+    code, pid = run_json(capsys, "eval", "pid", "--episodes", "8", "--starts", "moderate")
+    assert code == 0 and pid["guide_warmup_steps"] == 0 and "spikes_per_step" not in pid
+    (tmp_path / "bad.safetensors").write_bytes(b"\x01\x02garbage")
+    code, r = run_json(capsys, "eval", str(tmp_path / "bad.safetensors"))
+    assert code == 2 and "corrupt or truncated" in r["error"]
+
+
+def test_eval_of_an_ann_model(capsys, tmp_path):
+    from snn_controller.model_file import save_model
+    from snn_controller.networks import MLPActor
+    from snn_controller.snn import actor_tensors
+    from snn_controller.td3 import actor_manifest, quick_config
+
+    config = quick_config(actor="ann", actor_hidden=(16, 8))
+    tensors, manifest = actor_manifest(MLPActor(18, (16, 8)), config, {"method": "test"})
+    save_model(tmp_path / "ann.safetensors", tensors, manifest)
+    assert set(tensors) == set(actor_tensors(MLPActor(18, (16, 8))))
+    code, r = run_json(capsys, "eval", str(tmp_path / "ann.safetensors"), "--episodes", "4")
+    assert code == 0 and r["episodes"] == 4 and "spikes_per_step" not in r

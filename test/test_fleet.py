@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 
 from snn_controller.config import ConfigError

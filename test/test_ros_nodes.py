@@ -1,7 +1,6 @@
 """Multi-process ROS 2 tests: sim_bridge and pid_controller as separate processes."""
 
 import math
-import time
 
 import numpy as np
 import pytest

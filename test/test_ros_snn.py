@@ -12,7 +12,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
 from std_msgs.msg import Float32MultiArray  # noqa: E402
 
-from test_ros_nodes import PID, SIM, Probe  # noqa: E402,F401
+from test_ros_nodes import SIM, Probe  # noqa: E402
 from snn_controller.ros import qos  # noqa: E402
 
 SNN = "snn_controller.ros.snn_policy"
