@@ -85,6 +85,7 @@ class TrainConfig:
     actor_lr: float = 1e-3
     critic_lr: float = 3e-4
     critic_hidden: tuple[int, ...] = (256, 128)
+    max_grad_norm: float = 0.0  # clip each network's gradient norm (0: off; not in the paper)
     batch_size: int = 64  # windows per update
     updates_per_iteration: int = 40
     window: int = 100  # L
@@ -278,6 +279,10 @@ class TD3Trainer:
             for p, tp in zip(net.parameters(), target.parameters()):
                 tp.mul_(1 - tau).add_(p, alpha=tau)
 
+    def _clip(self, net) -> None:
+        if self.config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), self.config.max_grad_norm)
+
     def update(self, rng: np.random.Generator, lambda_bc: float) -> dict:
         c = self.config
         batch = {k: torch.as_tensor(v) for k, v in self.buffer.sample(c.batch_size, rng).items()}
@@ -286,6 +291,7 @@ class TD3Trainer:
             loss = self.critic_loss(batch)
             self.critic_opt.zero_grad()
             loss.backward()
+            self._clip(self.critics)
             self.critic_opt.step()
             stats["critic_loss"] = loss.item()
         self.updates += 1
@@ -293,6 +299,7 @@ class TD3Trainer:
             loss, info = self.actor_loss(batch, lambda_bc)
             self.actor_opt.zero_grad()
             loss.backward()
+            self._clip(self.actor)
             self.actor_opt.step()
             self.soft_update()
             stats.update(actor_loss=loss.item(), **info)
