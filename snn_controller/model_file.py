@@ -66,6 +66,7 @@ def save_model(path: str | os.PathLike, tensors: dict[str, np.ndarray], manifest
     tmp = path.with_name(path.name + ".tmp")
     arrays = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in tensors.items()}
     save_file(arrays, str(tmp), metadata={"manifest": json.dumps(manifest, sort_keys=True)})
+    os.chmod(tmp, 0o644)  # model files are shared data (installed to share/), readable by all
     os.replace(tmp, path)
 
 

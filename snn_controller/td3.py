@@ -59,9 +59,9 @@ class TrainConfig:
     iterations: int = 100  # collect + update cycles
     threads: int = 1  # torch threads
     # --- rollouts
-    num_drones: int = 256  # parallel drones (one episode each per iteration)
+    num_drones: int = 64  # parallel drones (one episode each per iteration)
     starts: str = "paper"  # start distribution of training episodes
-    exploration_std: float = 0.1  # Gaussian noise on the actor's actions while collecting (then clipped)
+    exploration_std: float = 0.05  # Gaussian noise on the actor's actions while collecting (then clipped)
     online: bool = True  # False: offline (BC, TD3BC): guide rollouts once at the start, then updates only
     offline_rollouts: int = 4  # offline: guide rollouts collected at the start
     compile_engine: bool = False  # torch.compile the batched engine (faster rollouts, ~20 s to compile)
@@ -74,7 +74,7 @@ class TrainConfig:
     guide_decay_share: float = 0.75  # share of training over which G shrinks to the warm-up floor
     warmup_steps: int = 50  # no actor loss before this step of a window; guide steps in evaluation
     q_weight: float = 2.0  # alpha of the TD3BC actor loss; 0 = no Q term (BC)
-    bc_weight: float = 0.2  # initial lambda_BC; 0 = no BC term (TD3)
+    bc_weight: float = 1.0  # initial lambda_BC (paper: 0.2, see README); 0 = no BC term (TD3)
     bc_decay: float = 0.99  # lambda_BC *= bc_decay each iteration
     # --- TD3
     gamma: float = 0.99
@@ -85,9 +85,9 @@ class TrainConfig:
     actor_lr: float = 1e-3
     critic_lr: float = 3e-4
     critic_hidden: tuple[int, ...] = (256, 128)
-    max_grad_norm: float = 0.0  # clip each network's gradient norm (0: off; not in the paper)
-    batch_size: int = 64  # windows per update
-    updates_per_iteration: int = 40
+    max_grad_norm: float = 1.0  # clip each network's gradient norm (0: off; not in the paper)
+    batch_size: int = 32  # windows per update
+    updates_per_iteration: int = 100
     window: int = 100  # L
     stride: int = 25
     buffer_steps: int = 1_000_000
@@ -97,7 +97,7 @@ class TrainConfig:
     # --- evaluation and files
     eval_every: int = 5  # iterations
     eval_episodes: int = 20
-    eval_starts: str = "paper"
+    eval_starts: str = "moderate"  # evaluation during training (feeds the adaptive slope)
     checkpoint_every: int = 5  # iterations
 
     def __post_init__(self):
@@ -505,11 +505,23 @@ def train(config: TrainConfig, out_dir, resume: bool = False, log=print, progres
     final = {}
     for start in ("moderate", "paper"):
         final[start] = trainer.evaluate(episodes=100, starts=start)
+    reached = milestones(trainer.history)
     trainer.save_model(out_dir / "final.safetensors", {"evaluation": {"stage": 5, "episodes": 100,
-                                                                       "engine": "batched", **final}})
+                                                                       "engine": "batched", **final},
+                                                       "milestones": reached})
     return {"out_dir": str(out_dir), "iterations": trainer.iteration, "env_steps": trainer.env_steps,
             "train_seconds": round(trainer.elapsed_before + time.monotonic() - trainer.started, 1),
-            "evaluation": final, "history": trainer.history}
+            "evaluation": final, "milestones": reached, "history": trainer.history}
+
+
+def milestones(history: list[dict], returns=(100.0, 400.0)) -> dict:
+    """Training seconds and env steps at the first evaluation that reached each return."""
+    out = {}
+    for target in returns:
+        row = next((r for r in history if r.get("eval_return", -float("inf")) >= target), None)
+        out[f"return_{int(target)}"] = None if row is None else {
+            "seconds": round(row["seconds"], 1), "env_steps": row["env_steps"], "iteration": row["iteration"]}
+    return out
 
 
 def quick_config(**changes) -> TrainConfig:

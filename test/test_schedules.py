@@ -74,3 +74,13 @@ def test_guide_handover_schedule():
 def test_curriculum_stages_and_bc_decay():
     assert [curriculum_stage(p) for p in (0.0, 0.16, 1 / 6, 0.5, 0.83, 0.99, 1.0)] == [0, 0, 1, 3, 4, 5, 5]
     assert bc_weight(0) == 0.2 and bc_weight(2) == pytest.approx(0.2 * 0.99**2)
+
+
+def test_milestones_from_the_history():
+    from snn_controller.td3 import milestones
+
+    history = [{"iteration": 1, "seconds": 5.0, "env_steps": 100},
+               {"iteration": 2, "seconds": 9.0, "env_steps": 200, "eval_return": 150.0},
+               {"iteration": 3, "seconds": 14.0, "env_steps": 300, "eval_return": 90.0}]
+    m = milestones(history)
+    assert m["return_100"] == {"seconds": 9.0, "env_steps": 200, "iteration": 2} and m["return_400"] is None
