@@ -75,7 +75,7 @@ class TrainConfig:
     warmup_steps: int = 50  # no actor loss before this step of a window; guide steps in evaluation
     q_weight: float = 2.0  # alpha of the TD3BC actor loss; 0 = no Q term (BC)
     bc_weight: float = 1.0  # initial lambda_BC (paper: 0.2, see README); 0 = no BC term (TD3)
-    bc_decay: float = 0.99  # lambda_BC *= bc_decay each iteration
+    bc_decay: float = 1.0  # lambda_BC *= bc_decay each iteration (paper: 0.99, see README)
     # --- TD3
     gamma: float = 0.99
     tau: float = 0.01
@@ -374,7 +374,11 @@ class TD3Trainer:
                 # offline: the guide flies whole episodes; online: JSRL handover at G
                 row.update(self.collect(g if c.online else self.task.episode_steps, stage, seed * 31 + r,
                                         explore=c.online))
-        stats = [self.update(rng, lambda_bc) for _ in range(c.updates_per_iteration)]
+        # Without a complete window (every episode crashed before ``window`` steps, as TD3 from
+        # scratch does) there is nothing to learn from yet: the paper's warm-up problem.
+        ready = self.buffer.num_windows > 0
+        stats = [self.update(rng, lambda_bc) for _ in range(c.updates_per_iteration)] if ready else []
+        row["windows"] = self.buffer.num_windows
         for key in ("critic_loss", "actor_loss", "q"):
             values = [s[key] for s in stats if key in s]
             if values:

@@ -185,3 +185,14 @@ def test_a_tiny_training_run_improves_a_fresh_network(tmp_path):
     after = trainer.evaluate(episodes=32, starts="moderate")
     # paired comparison: the same evaluation starts and noise before and after
     assert after["return_mean"] > before["return_mean"] + 25, (before, after)
+
+
+def test_no_complete_window_means_no_update_not_a_crash(tmp_path):
+    """TD3 from scratch crashes early: without a complete window the run goes on without updates
+    (the paper's warm-up problem) instead of failing."""
+    config = quick_config(**{**TINY, "iterations": 1, "guide": "none", "jump_start": False, "bc_weight": 0.0,
+                             "eval_every": 1, "window": 450})
+    trainer = TD3Trainer(config, tmp_path)
+    row = trainer.run_iteration()  # a fresh network flies no episode for 450 steps
+    assert row["windows"] == 0 and trainer.updates == 0 and "critic_loss" not in row
+    assert "eval_return" in row
