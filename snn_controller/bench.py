@@ -121,7 +121,7 @@ def _snntorch_step(snntorch, actor, x):
     return step
 
 
-def bench_train(num_drones: int = 256, updates: int = 10, batch_size: int = 64) -> dict:
+def bench_train(num_drones: int = 64, updates: int = 10, batch_size: int = 32) -> dict:
     """Training throughput, in one run: rollout env-steps/s with the spiking actor (and the PID
     guide for half of each episode) in the loop, and sequence updates per second."""
     import tempfile

@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="bag directory")
 
     p = add(bench, "train", cmd_bench_train, "training throughput: rollouts and sequence updates")
-    p.add_argument("--drones", type=int, default=256)
+    p.add_argument("--drones", type=int, default=64, help="rollout drones (the training config uses 64)")
     p.add_argument("--updates", type=int, default=10)
 
     p = add(sub, "eval", cmd_eval, "evaluate a model file on the paper task")
