@@ -181,8 +181,7 @@ class PIDController:
             self.rotor_estimate += (w_cmd - self.rotor_estimate) * self.motor_blend
         else:
             w_cmd = w_des
-        self.last_output = 2 * w_cmd - 1
-        return self.last_output
+        return 2 * w_cmd - 1
 
     def _mix(self, collective, torque):
         lo, hi = self.thrust_min, self.thrust_max

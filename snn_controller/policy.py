@@ -42,7 +42,7 @@ class GuidedPolicy:
         net = self.network.step(obs)
         guide = self.guide(obs, **guide_kwargs)
         action = np.where(self.network_flying()[:, None], net, guide)
-        self.guide_action = guide[0] if len(guide) == 1 else guide
+        self.guide_action = guide  # kept for SupervisedPolicy, which may overrule the handover
         self.steps += 1
         return action
 
@@ -101,7 +101,7 @@ class SupervisedPolicy:
             # warms up for warmup_steps inside the envelope before it flies.
             self.guided.steps[:] = 0
             self.guided.network.reset()
-            action = self.guided.guide_action
+            action = self.guided.guide_action[0]
         return action
 
     def flying(self) -> str:

@@ -243,10 +243,3 @@ def quaternion_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         aw * by - ax * bz + ay * bw + az * bx,
         aw * bz + ax * by - ay * bx + az * bw,
     ], -1)
-
-
-def tilt_deg(quaternion: torch.Tensor) -> torch.Tensor:
-    """Angle between body z and world z [deg] (N,)."""
-    qx, qy = quaternion[:, 1], quaternion[:, 2]
-    return torch.rad2deg(torch.acos((1 - 2 * (qx * qx + qy * qy)).clamp(-1, 1)))
-

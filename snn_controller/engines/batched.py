@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..drone import DroneModel
-from ..state import DroneState
+from ..state import DroneState, quaternion_to_matrix
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,6 @@ def _derivative(c: _Constants, p, q, v, omega, w, w_cmd):
     accel = body_z * (collective / c.mass)[:, None]
     accel = accel - torch.tensor([0.0, 0.0, c.gravity], dtype=p.dtype)
     if c.drag is not None:
-        from ..state import quaternion_to_matrix
-
         rot = quaternion_to_matrix(q)
         v_body = (rot.transpose(-1, -2) @ v[..., None])[..., 0]
         drag_body = -c.drag * w.sum(-1, keepdim=True) * v_body
