@@ -73,6 +73,7 @@ class TrainConfig:
     jump_start: bool = True  # JSRL: the guide flies the first G steps of each rollout
     guide_decay_share: float = 0.75  # share of training over which G shrinks to the warm-up floor
     warmup_steps: int = 50  # no actor loss before this step of a window; guide steps in evaluation
+    critic_after_warmup: bool = False  # critics learn only on steps >= warmup_steps (paper: every step)
     q_weight: float = 2.0  # alpha of the TD3BC actor loss; 0 = no Q term (BC)
     bc_weight: float = 1.0  # initial lambda_BC (paper: 0.2, see README); 0 = no BC term (TD3)
     bc_decay: float = 1.0  # lambda_BC *= bc_decay each iteration (paper: 0.99, see README)
@@ -256,7 +257,10 @@ class TD3Trainer:
             next_action = (next_action + noise).clamp(-1.0, 1.0)
             q_next = torch.min(*(q(batch["next_critic_obs"], next_action) for q in self.critics_target))
             target = batch["reward"] + c.gamma * (1.0 - batch["terminated"]) * q_next
-        return sum(((q(batch["critic_obs"], batch["action"]) - target) ** 2).mean() for q in self.critics)
+        # Optionally skip the first steps, where pi'(s') comes from a cold target actor.
+        w = c.warmup_steps if c.critic_after_warmup else 0
+        return sum(((q(batch["critic_obs"][w:], batch["action"][w:]) - target[w:]) ** 2).mean()
+                   for q in self.critics)
 
     def actor_loss(self, batch: dict, lambda_bc: float) -> tuple[torch.Tensor, dict]:
         """TD3BC on the steps after the warm-up, evaluated at the actor's own actions."""

@@ -196,3 +196,13 @@ def test_no_complete_window_means_no_update_not_a_crash(tmp_path):
     row = trainer.run_iteration()  # a fresh network flies no episode for 450 steps
     assert row["windows"] == 0 and trainer.updates == 0 and "critic_loss" not in row
     assert "eval_return" in row
+
+
+def test_critic_after_warmup_skips_the_cold_steps(trainer):
+    batch = _batch(trainer, length=60)
+    batch["terminated"][:] = 1.0  # y = r
+    trainer.config = replace(trainer.config, critic_after_warmup=True, warmup_steps=50)
+    loss = trainer.critic_loss(batch)
+    expected = sum(((q(batch["critic_obs"][50:], batch["action"][50:]) - batch["reward"][50:]) ** 2).mean()
+                   for q in trainer.critics)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
