@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo demo-pid test bench clean
 
-$(STAMP): requirements.txt setup.py setup.cfg package.xml
+$(STAMP): requirements.txt requirements-core.txt setup.py setup.cfg package.xml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, from the pinned CPU wheel, so nothing can pull a CUDA build
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
