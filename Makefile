@@ -37,6 +37,8 @@ test: install
 	ROS_LOG_DIR=$${ROS_LOG_DIR:-$$(mktemp -d)} $(BIN)/python -m pytest test -q -ra --durations=15
 
 bench: install
+	# snnTorch only for the comparison in `bench policy` (pinned: it must not move torch)
+	$(BIN)/pip install -q --disable-pip-version-check snntorch==1.0.0
 	$(BIN)/snnctl bench sim
 	$(BIN)/snnctl bench policy
 	$(BIN)/snnctl bench loop
