@@ -35,14 +35,15 @@ class GuidedPolicy:
     def network_flying(self) -> np.ndarray:
         return self.steps >= self.warmup_steps
 
-    def __call__(self, obs: np.ndarray, **guide_kwargs) -> np.ndarray:
+    def __call__(self, obs: np.ndarray, guide_only=None, **guide_kwargs) -> np.ndarray:
+        """Actions (N, 4); ``guide_only`` (N,) bool: let the guide fly these drones now."""
         obs = np.asarray(obs, dtype=np.float64)
         if self.steps is None:
             self.steps = np.zeros(len(obs), dtype=np.int64)
         net = self.network.step(obs)
         guide = self.guide(obs, **guide_kwargs)
-        action = np.where(self.network_flying()[:, None], net, guide)
-        self.guide_action = guide  # kept for SupervisedPolicy, which may overrule the handover
+        network = self.network_flying() if guide_only is None else self.network_flying() & ~guide_only
+        action = np.where(network[:, None], net, guide)
         self.steps += 1
         return action
 
@@ -95,13 +96,13 @@ class SupervisedPolicy:
             self.invalid += 1
             self.fault("non-finite observation")
             return None
-        action = self.guided(obs, target_yaw=np.array([yaw]))[0]
-        if np.abs(obs[0, :3]).max() > self.envelope:
-            # Outside the trained envelope the guide flies; the network waits at zero state and
-            # warms up for warmup_steps inside the envelope before it flies.
+        # Outside the trained envelope the guide flies; the network waits at zero state and
+        # warms up for warmup_steps inside the envelope before it flies.
+        outside = np.abs(obs[0, :3]).max() > self.envelope
+        action = self.guided(obs, guide_only=np.array([outside]), target_yaw=np.array([yaw]))[0]
+        if outside:
             self.guided.steps[:] = 0
             self.guided.network.reset()
-            action = self.guided.guide_action[0]
         return action
 
     def flying(self) -> str:

@@ -40,10 +40,10 @@ from . import task as T
 from .config import ConfigError, build, load_yaml, to_dict
 from .drone import load_drone
 from .envs import FlightEnv, evaluate
-from .evaluation import TorchActorRunner, flight_policy, load_mlp
+from .evaluation import PrivilegedPolicy, TorchActorRunner, flight_policy, load_mlp
 from .model_file import ACTION_LAYOUT, OBS_LAYOUT, PRIVILEGED_OBS_LAYOUT, code_version, save_model
 from .networks import Critic, MLPActor
-from .pid import PIDController
+from .pid import PIDPolicy
 from .replay_buffer import SequenceBuffer
 from .schedules import SlopeSchedule, SlopeScheduler, bc_weight, curriculum_stage, guide_steps
 from .snn import ActorArchitecture, SpikingActor, actor_tensors
@@ -144,25 +144,12 @@ def actor_manifest(actor, config: TrainConfig, provenance: dict) -> tuple[dict, 
     return actor_tensors(actor), manifest
 
 
-class Guide:
-    """The guide of the rollouts: the PID on the actor observation, or a privileged ANN on the 146 values."""
-
-    def __init__(self, spec: str, drone: str, n: int, dt: float):
-        self.spec = spec
-        if spec == "pid":
-            self.pid = PIDController(load_drone(drone), n, dt)
-        else:
-            self.net = load_mlp(spec, drone=drone)
-
-    def __call__(self, obs) -> torch.Tensor:
-        if self.spec == "pid":
-            return torch.as_tensor(self.pid(obs.actor.double().numpy()), dtype=torch.float32)
-        with torch.no_grad():
-            return self.net(obs.privileged.float())
-
-    def reset(self, mask=None):
-        if self.spec == "pid":
-            self.pid.reset(None if mask is None else np.asarray(mask))
+def make_guide(spec: str, drone: str, n: int, dt: float):
+    """The rollouts' guide as a FlightEnv policy: the PID on the actor observation, or a privileged
+    ANN model file on the 146 values."""
+    if spec == "pid":
+        return PIDPolicy(load_drone(drone), n, dt)
+    return PrivilegedPolicy(TorchActorRunner(load_mlp(spec, drone=drone), n))
 
 
 # --- the algorithm ----------------------------------------------------------------------------
@@ -188,7 +175,7 @@ class TD3Trainer:
         self.buffer = SequenceBuffer(c.buffer_steps, self.task.episode_steps, fields, c.window, c.stride)
         self.env = FlightEnv(self.task, c.num_drones, engine="batched", seed=c.seed, autoreset=True,
                              dtype=torch.float32, engine_options={"compile": c.compile_engine})
-        self.guide = None if c.guide == "none" else Guide(c.guide, c.drone, c.num_drones, self.task.dt)
+        self.guide = None if c.guide == "none" else make_guide(c.guide, c.drone, c.num_drones, self.task.dt)
         self.iteration = 0  # next iteration to run
         self.updates = 0
         self.env_steps = 0  # drone-steps collected

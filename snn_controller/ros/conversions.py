@@ -10,7 +10,7 @@ from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
 from sensor_msgs.msg import Imu
 
-from ..geometry import quat_to_matrix
+from ..geometry import quat_to_matrix, yaw_of
 
 
 def time_msg(seconds: float) -> Time:
@@ -73,5 +73,4 @@ def odometry_arrays(msg: Odometry) -> dict[str, np.ndarray]:
 def pose_target(msg: PoseStamped) -> tuple[np.ndarray, float]:
     """Goal position (3,) and yaw [rad] from a PoseStamped."""
     p, q = msg.pose.position, msg.pose.orientation
-    yaw = math.atan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z))
-    return np.array([p.x, p.y, p.z]), yaw
+    return np.array([p.x, p.y, p.z]), float(yaw_of(np.array([q.w, q.x, q.y, q.z])))
