@@ -51,6 +51,7 @@ class FlightEnv:
                  autoreset: bool = True, dtype: torch.dtype = torch.float32, engine_options: dict | None = None):
         self.config, self.n, self.autoreset = config, n, autoreset
         self.model = load_drone(config.drone)
+        self.hover_action = self.model.hover_action if config.hover_action is None else config.hover_action
         options = dict(engine_options or {})
         if engine == "pybullet":
             dtype = torch.float64
@@ -69,7 +70,7 @@ class FlightEnv:
         self.stage = config.stage
         self.steps = torch.zeros(n, dtype=torch.long)
         self.active = torch.ones(n, dtype=torch.bool)
-        self.history = torch.full((n, T.HISTORY, 4), config.hover_action, dtype=dtype)
+        self.history = torch.full((n, T.HISTORY, 4), self.hover_action, dtype=dtype)
         self._stats = {k: torch.zeros(n, dtype=torch.float64) for k in
                        ("return", "late_error", "late_steps", "action_dev")}
 
@@ -100,7 +101,7 @@ class FlightEnv:
         start = T.sample_start(self.config.start_distribution, self.n, target_p, self.model.hover_rotor_speed,
                                self.generator)
         self.engine.reset(start.select(idx), idx)
-        self.history[idx] = self.config.hover_action
+        self.history[idx] = self.hover_action
         self.active[idx] = True
         for v in self._stats.values():
             v[idx] = 0
@@ -125,7 +126,7 @@ class FlightEnv:
         s64 = state.to(torch.float64)
         target_p, target_v = self._target(self.steps)
         r = T.reward(s64, action.to(torch.float64), target_p, target_v, self.weights, self.config.attitude_error,
-                     self.config.hover_action)
+                     self.hover_action)
         terminated = T.crashed(s64, target_p, self.config.termination_distance)
         r = torch.nan_to_num(r, nan=0.0, posinf=0.0, neginf=0.0)
         truncated = (self.steps >= self.config.episode_steps) & ~terminated
@@ -155,7 +156,7 @@ class FlightEnv:
         st["return"] += torch.where(active, r, 0.0)
         st["late_error"] += torch.where(late, torch.nan_to_num(err, nan=0.0), 0.0)
         st["late_steps"] += late.double()
-        dev = (action.to(torch.float64) - self.config.hover_action).abs().mean(-1)
+        dev = (action.to(torch.float64) - self.hover_action).abs().mean(-1)
         st["action_dev"] += torch.where(active, dev, 0.0)
 
     def _episode_stats(self, done: torch.Tensor, terminated: torch.Tensor) -> list[dict]:

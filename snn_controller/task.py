@@ -114,7 +114,10 @@ class TaskConfig:
     noise: ObservationNoise = field(default_factory=ObservationNoise)
     attitude_error: Literal["angle", "yaw"] = "angle"  # angle: squared rotation angle to level, yaw 0;
     # yaw: the authors' code, 2 acos(1 - q_z^2)
-    hover_action: float = 2 * 0.667 - 1  # a_hover in the action penalty (task.md)
+    # a_hover, the centre of the action penalty and of the initial action history. None: the drone's
+    # own hover command (cf21: 0.320 from its thrust curve). task.md rounds it to 2*0.667-1 = 0.334; that
+    # constant pays a policy to thrust above hover, and learnt policies then hovered 3-9 cm high (README).
+    hover_action: float | None = None
     termination_distance: float = 0.6  # m, crash when any |position error component| exceeds it
     target: TargetConfig = field(default_factory=TargetConfig)
 
@@ -181,7 +184,7 @@ def attitude_error(quaternion: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def reward(state: DroneState, action: torch.Tensor, target_position: torch.Tensor, target_velocity: torch.Tensor,
-           weights: RewardWeights, attitude: str = "angle", hover_action: float = 0.334) -> torch.Tensor:
+           weights: RewardWeights, attitude: str, hover_action: float) -> torch.Tensor:
     """Per-step reward (N,) of task.md section 2 from the true state."""
     p_err = state.position - target_position
     v_err = state.velocity - target_velocity

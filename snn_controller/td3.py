@@ -73,7 +73,8 @@ class TrainConfig:
     jump_start: bool = True  # JSRL: the guide flies the first G steps of each rollout
     guide_decay_share: float = 0.75  # share of training over which G shrinks to the warm-up floor
     warmup_steps: int = 50  # no actor loss before this step of a window; guide steps in evaluation
-    critic_after_warmup: bool = False  # critics learn only on steps >= warmup_steps (paper: every step)
+    critic_after_warmup: bool = True  # critics learn only on steps >= warmup_steps, where the target actor
+    # is warm (paper: every step; README says why not here)
     q_weight: float = 2.0  # alpha of the TD3BC actor loss; 0 = no Q term (BC)
     bc_weight: float = 1.0  # initial lambda_BC (paper: 0.2, see README); 0 = no BC term (TD3)
     bc_decay: float = 1.0  # lambda_BC *= bc_decay each iteration (paper: 0.99, see README)
@@ -97,7 +98,7 @@ class TrainConfig:
     curriculum: bool = True  # False: always the final stage
     # --- evaluation and files
     eval_every: int = 5  # iterations
-    eval_episodes: int = 20
+    eval_episodes: int = 100  # picks best.safetensors: 20 (the paper's test size) was too noisy for that
     eval_starts: str = "moderate"  # evaluation during training (feeds the adaptive slope)
     checkpoint_every: int = 5  # iterations
 
@@ -328,9 +329,7 @@ class TD3Trainer:
                         if isinstance(v, (int, float)) and np.isfinite(v):
                             writer.add_scalar(k, v, row["env_steps"])
                 bar.update(1)
-                bar.set_postfix({k: (f"{row[k]:.3g}" if isinstance(row[k], float) else row[k]) for k in
-                                 ("env_steps", "eval_return", "eval_survival", "slope", "stage", "guide_steps")
-                                 if k in row})
+                bar.set_postfix(_progress_fields(self.history))
                 stop = should_stop is not None and should_stop()
                 if self.iteration % c.checkpoint_every == 0 or self.iteration == c.iterations or stop:
                     self.save_checkpoint()
@@ -455,6 +454,17 @@ class TD3Trainer:
                                      "next_slot": b["next_slot"], "filled": b["filled"]})
         self.started = time.monotonic()
         return True
+
+
+def _progress_fields(history: list[dict]) -> dict:
+    """The progress bar: this iteration's rollouts and schedules, and the latest evaluation."""
+    row = history[-1]
+    fields = {"steps": row["env_steps"], "return": row.get("train_return"), "survival": row.get("train_survival"),
+              "slope": row["slope"], "stage": row["stage"], "G": row["guide_steps"]}
+    last_eval = next((r for r in reversed(history) if "eval_return" in r), None)
+    if last_eval is not None:
+        fields["eval"] = f"{last_eval['eval_return']:.1f}/{last_eval['eval_survival']:.0%}"
+    return {k: f"{v:.3g}" if isinstance(v, float) else v for k, v in fields.items() if v is not None}
 
 
 def _tensorboard(out_dir: Path):

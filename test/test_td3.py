@@ -206,3 +206,33 @@ def test_critic_after_warmup_skips_the_cold_steps(trainer):
     expected = sum(((q(batch["critic_obs"][50:], batch["action"][50:]) - batch["reward"][50:]) ** 2).mean()
                    for q in trainer.critics)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_a_trained_guide_ann_file_flies_the_jump_start(tmp_path):
+    """The guide ANN (privileged, feed-forward, warm-up 0) trains with the same code, and its model
+    file then flies the first G steps of the method's rollouts."""
+    from snn_controller.evaluation import load_mlp
+
+    guide_config = quick_config(**{**TINY, "iterations": 2, "eval_every": 2, "actor": "ann", "actor_hidden": (16, 16),
+                                   "privileged_actor": True, "warmup_steps": 0})
+    TD3Trainer(guide_config, tmp_path / "guide").run(progress_bar=False)
+    guide_file = tmp_path / "guide" / "best.safetensors"
+    trainer = TD3Trainer(quick_config(**{**TINY, "guide": str(guide_file)}), tmp_path / "snn")
+    guide_net, guide = load_mlp(guide_file), trainer.guide
+    expected, executed = [], []
+
+    class Recorder:  # the guide ANN file applied to what the guide saw, beside what was flown
+        def reset(self, mask=None):
+            guide.reset(mask)
+
+        def __call__(self, obs):
+            with torch.no_grad():
+                expected.append(guide_net(obs.privileged.float()))
+            return guide(obs)
+
+    env_step = trainer.env.step
+    trainer.env.step = lambda action: executed.append(action.clone()) or env_step(action)
+    trainer.guide = Recorder()
+    trainer.collect(guide_steps_now=500, stage=0, seed=0)  # G = 500: the guide flies everything
+    assert len(executed) == 500
+    assert all(torch.allclose(a, e.to(a.dtype), atol=1e-6) for a, e in zip(executed, expected))
