@@ -72,6 +72,8 @@ class TrainConfig:
     guide: str = "pid"  # pid | a guide ANN model file | none
     jump_start: bool = True  # JSRL: the guide flies the first G steps of each rollout
     guide_decay_share: float = 0.75  # share of training over which G shrinks to the warm-up floor
+    guide_demo_share: float = 0.25  # share of drones the guide flies for whole episodes: demonstrations
+    # for the BC term after G reaches the floor (not in the paper; README says why)
     warmup_steps: int = 50  # no actor loss before this step of a window; guide steps in evaluation
     critic_after_warmup: bool = True  # critics learn only on steps >= warmup_steps, where the target actor
     # is warm (paper: every step; README says why not here)
@@ -105,6 +107,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.starts not in T.STARTS or self.eval_starts not in T.STARTS:
             raise ConfigError(f"starts and eval_starts must be one of {sorted(T.STARTS)}")
+        if not 0 <= self.guide_demo_share < 1:
+            raise ConfigError(f"guide_demo_share must be in [0, 1), got {self.guide_demo_share}")
         if self.window <= self.warmup_steps:
             raise ConfigError(f"window ({self.window}) must be longer than warmup_steps ({self.warmup_steps})")
         if self.q_weight == 0 and self.bc_weight == 0:
@@ -199,6 +203,7 @@ class TD3Trainer:
         rollout = {k: np.zeros((steps, n, *shape), np.float32) for k, shape in self.buffer.fields.items()}
         episode_start = np.zeros((steps, n), bool)
         new_episode = torch.ones(n, dtype=torch.bool)
+        demo = torch.arange(n) < round(c.guide_demo_share * n) if self.guide is not None else torch.zeros(n, bool)
         episodes = []
         for t in range(steps):
             actor_in = obs.privileged if c.privileged_actor else obs.actor
@@ -207,8 +212,8 @@ class TD3Trainer:
             if explore and c.exploration_std > 0:
                 action = action + c.exploration_std * torch.randn(action.shape, generator=noise_gen)
             action = action.clamp(-1.0, 1.0)
-            if self.guide is not None and guide_steps_now > 0:
-                guided = (env.steps < guide_steps_now)[:, None]
+            if self.guide is not None and (guide_steps_now > 0 or demo.any()):
+                guided = ((env.steps < guide_steps_now) | demo)[:, None]
                 action = torch.where(guided, self.guide(obs), action)
             next_obs, reward, terminated, truncated, info = env.step(action)
             done = terminated | truncated
@@ -230,7 +235,7 @@ class TD3Trainer:
             obs = next_obs
         self.buffer.add(rollout, episode_start)
         self.env_steps += steps * n
-        finished = [e for e in episodes if e["length"] > 0]
+        finished = [e for e in episodes if e["length"] > 0 and not demo[e["drone"]]]  # the actor's episodes
         return {"train_return": float(np.mean([e["return"] for e in finished])) if finished else float("nan"),
                 "train_survival": float(np.mean([e["survived"] for e in finished])) if finished else float("nan")}
 

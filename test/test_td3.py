@@ -208,6 +208,27 @@ def test_critic_after_warmup_skips_the_cold_steps(trainer):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def _record_flight(trainer, guide_net=None):
+    """Wrap the trainer's guide and env: what the guide answered (or ``guide_net`` on the guide's
+    privileged input) and what was flown, per step."""
+    guide, env_step = trainer.guide, trainer.env.step
+    answered, executed = [], []
+
+    class Recorder:
+        def reset(self, mask=None):
+            guide.reset(mask)
+
+        def __call__(self, obs):
+            action = guide(obs)
+            with torch.no_grad():
+                answered.append(action if guide_net is None else guide_net(obs.privileged.float()))
+            return action
+
+    trainer.guide = Recorder()
+    trainer.env.step = lambda action: executed.append(action.clone()) or env_step(action)
+    return answered, executed
+
+
 def test_a_trained_guide_ann_file_flies_the_jump_start(tmp_path):
     """The guide ANN (privileged, feed-forward, warm-up 0) trains with the same code, and its model
     file then flies the first G steps of the method's rollouts."""
@@ -218,21 +239,17 @@ def test_a_trained_guide_ann_file_flies_the_jump_start(tmp_path):
     TD3Trainer(guide_config, tmp_path / "guide").run(progress_bar=False)
     guide_file = tmp_path / "guide" / "best.safetensors"
     trainer = TD3Trainer(quick_config(**{**TINY, "guide": str(guide_file)}), tmp_path / "snn")
-    guide_net, guide = load_mlp(guide_file), trainer.guide
-    expected, executed = [], []
-
-    class Recorder:  # the guide ANN file applied to what the guide saw, beside what was flown
-        def reset(self, mask=None):
-            guide.reset(mask)
-
-        def __call__(self, obs):
-            with torch.no_grad():
-                expected.append(guide_net(obs.privileged.float()))
-            return guide(obs)
-
-    env_step = trainer.env.step
-    trainer.env.step = lambda action: executed.append(action.clone()) or env_step(action)
-    trainer.guide = Recorder()
+    expected, executed = _record_flight(trainer, guide_net=load_mlp(guide_file))
     trainer.collect(guide_steps_now=500, stage=0, seed=0)  # G = 500: the guide flies everything
     assert len(executed) == 500
     assert all(torch.allclose(a, e.to(a.dtype), atol=1e-6) for a, e in zip(executed, expected))
+
+
+def test_guide_demonstrations_fly_whole_episodes(trainer):
+    """guide_demo_share: the guide flies the first drones for whole episodes, the actor the others."""
+    trainer.config = replace(trainer.config, guide_demo_share=0.25)  # 2 of 8 drones
+    answered, executed = _record_flight(trainer)
+    trainer.collect(guide_steps_now=0, stage=0, seed=0)  # no jump start: only the demonstrations
+    flown, guide = torch.stack(executed), torch.stack(answered).to(executed[0].dtype)
+    assert torch.equal(flown[:, :2], guide[:, :2])
+    assert (flown[:, 2:] != guide[:, 2:]).any(-1).all(), "the actor flies the other drones at every step"
