@@ -203,7 +203,9 @@ class TD3Trainer:
         rollout = {k: np.zeros((steps, n, *shape), np.float32) for k, shape in self.buffer.fields.items()}
         episode_start = np.zeros((steps, n), bool)
         new_episode = torch.ones(n, dtype=torch.bool)
-        demo = torch.arange(n) < round(c.guide_demo_share * n) if self.guide is not None else torch.zeros(n, bool)
+        demo = torch.zeros(n, dtype=torch.bool)  # drones the guide flies whole episodes
+        if self.guide is not None:
+            demo[:round(c.guide_demo_share * n)] = True
         episodes = []
         for t in range(steps):
             actor_in = obs.privileged if c.privileged_actor else obs.actor

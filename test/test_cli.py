@@ -93,7 +93,7 @@ def test_snnctl_console_script_human_output():
 
 
 def test_eval_shipped_model_pid_and_bad_files(capsys, tmp_path):
-    code, r = run_json(capsys, "eval", "models/snn_cf21.safetensors", "--episodes", "8", "--starts", "moderate")
+    code, r = run_json(capsys, "eval", "models/td3bc_jsrl_cf21.safetensors", "--episodes", "8", "--starts", "moderate")
     assert code == 0 and r["episodes"] == 8 and r["drone"] == "cf21" and r["guide_warmup_steps"] == 50
     assert 0 <= r["survival_rate"] <= 1 and len(r["spikes_per_step"]) == 2 and min(r["spikes_per_step"]) > 0
     code, pid = run_json(capsys, "eval", "pid", "--episodes", "8", "--starts", "moderate")

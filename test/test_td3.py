@@ -106,6 +106,7 @@ def test_target_networks_move_by_tau(trainer):
 def test_critic_target_uses_the_next_step_of_the_target_actor(trainer):
     batch = _batch(trainer, length=60)
     batch["terminated"][:] = 1.0  # terminal everywhere: y = r exactly, whatever the target actor says
+    trainer.config = replace(trainer.config, critic_after_warmup=False)  # the paper's every step
     loss = trainer.critic_loss(batch)
     expected = sum(((q(batch["critic_obs"], batch["action"]) - batch["reward"]) ** 2).mean()
                    for q in trainer.critics)

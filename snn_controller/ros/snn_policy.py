@@ -31,13 +31,13 @@ from . import qos
 from .conversions import odometry_arrays, pose_target
 from .node_main import run
 
-DEFAULT_MODEL = "models/snn_cf21.safetensors"
+DEFAULT_MODEL = "models/td3bc_jsrl_cf21.safetensors"
 
 
 class SNNPolicyNode(Node):
     def __init__(self):
         super().__init__("snn_policy")
-        self.declare_parameter("model", "")  # model file; '' = the shipped models/snn_cf21.safetensors
+        self.declare_parameter("model", "")  # model file; '' = the shipped models/td3bc_jsrl_cf21.safetensors
         self.declare_parameter("drone", "cf21")  # must match the model's drone
         self.declare_parameter("warmup_steps", 50)  # guide steps before the network flies (0: no handover)
         self.declare_parameter("odom_timeout", 0.1)  # s without odometry -> failsafe
