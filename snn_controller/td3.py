@@ -214,9 +214,9 @@ class TD3Trainer:
             if explore and c.exploration_std > 0:
                 action = action + c.exploration_std * torch.randn(action.shape, generator=noise_gen)
             action = action.clamp(-1.0, 1.0)
-            if self.guide is not None and (guide_steps_now > 0 or demo.any()):
-                guided = ((env.steps < guide_steps_now) | demo)[:, None]
-                action = torch.where(guided, self.guide(obs), action)
+            guided = (env.steps < guide_steps_now) | demo
+            if self.guide is not None and guided.any():
+                action = torch.where(guided[:, None], self.guide(obs), action)
             next_obs, reward, terminated, truncated, info = env.step(action)
             done = terminated | truncated
             final = info.get("final_obs", next_obs)
