@@ -246,7 +246,7 @@ def cmd_train(args) -> int:
     out = args.out or f"runs/{config.name}_seed{config.seed}"
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     r = train(config, out, resume=args.resume, log=log, progress_bar=not args.json)
-    result = {k: r.get(k) for k in ("out_dir", "iterations", "env_steps", "train_seconds", "evaluation", "milestones")}
+    result = {k: r[k] for k in ("out_dir", "iterations", "env_steps", "train_seconds", "evaluation", "milestones")}
     ev = r["evaluation"]
     text = (f"trained {config.name} (seed {config.seed}) in {r['train_seconds']:.0f} s, {r['env_steps']} env steps "
             f"-> {out}/final.safetensors (best: {out}/best.safetensors)\n" + "\n".join(

@@ -33,15 +33,14 @@ print('ok')
 
 
 def test_requirements_pin_torch_and_avoid_the_wrong_launch():
-    for name in ("requirements.txt", "requirements-core.txt"):
-        lines = [ln.split("#")[0].strip() for ln in (ROOT / name).read_text().splitlines()]
-        lines = [ln for ln in lines if ln]
+    files = {name: [ln.split("#")[0].strip() for ln in (ROOT / name).read_text().splitlines()]
+             for name in ("requirements.txt", "requirements-core.txt")}
+    files = {name: [ln for ln in lines if ln] for name, lines in files.items()}
+    for name, lines in files.items():
         assert lines[0] == "torch==2.13.0", f"{name}: torch must come first, pinned"
     core = (ROOT / "requirements-core.txt").read_text()
     assert "ros-" not in core, "the core requirements must not pull ROS wheels over an apt install"
-    lines = [ln.split("#")[0].strip() for name in ("requirements.txt", "requirements-core.txt")
-             for ln in (ROOT / name).read_text().splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith("-r")]
+    lines = [ln for lines in files.values() for ln in lines if not ln.startswith("-r")]
     assert not any(ln.split("=")[0].split("<")[0].split(">")[0].strip().lower() == "launch" for ln in lines)
     ros = [ln for ln in lines if ln.startswith("ros-")]
     assert ros and all(ln.startswith("ros-jazzy-") and "==" in ln for ln in ros), "pinned jazzy wheels only"
