@@ -221,11 +221,12 @@ def cmd_eval(args) -> int:
         drone, warmup = manifest["drone"], args.warmup_steps
         task = TaskConfig(drone=drone, start=args.starts, stage=args.stage, dt=manifest["dt"])
         r = evaluate_model(args.model, task, args.episodes, seed=args.seed, engine=args.engine,
-                           warmup_steps=warmup)
+                           warmup_steps=warmup, guide=args.guide)
     r.update({"model": str(args.model), "drone": drone, "starts": args.starts, "stage": args.stage,
-              "engine": args.engine, "seed": args.seed, "guide_warmup_steps": warmup})
+              "engine": args.engine, "seed": args.seed, "guide_warmup_steps": warmup,
+              "guide": "pid" if args.model == "pid" else args.guide})
     text = (f"{args.model} ({drone}) on {args.starts} starts, stage {args.stage}, {args.engine} engine, "
-            f"{r['episodes']} episodes, guide flies the first {warmup} steps:\n"
+            f"{r['episodes']} episodes, guide ({r['guide']}) flies the first {warmup} steps:\n"
             f"  return {r['return_mean']:.1f} +- {r['return_std']:.1f}   survival {100 * r['survival_rate']:.1f} %\n"
             f"  position error (last half) {100 * r['position_error_mean']:.2f} cm   "
             f"action deviation {r['action_deviation_mean']:.3f}")
@@ -243,7 +244,10 @@ def cmd_train(args) -> int:
     config = load_train_config(args.config)
     if args.seed is not None:
         config = replace(config, seed=args.seed)
-    out = args.out or f"runs/{config.name}_seed{config.seed}"
+    if args.guide is not None:
+        config = replace(config, guide=args.guide)
+    guide_tag = f"_{os.path.splitext(os.path.basename(args.guide))[0]}" if args.guide is not None else ""  # runs with other guides apart
+    out = args.out or f"runs/{config.name}{guide_tag}_seed{config.seed}"
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     r = train(config, out, resume=args.resume, log=log, progress_bar=not args.json)
     result = {k: r[k] for k in ("out_dir", "iterations", "env_steps", "train_seconds", "evaluation", "milestones")}
@@ -308,10 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["batched", "pybullet"], default="batched")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup-steps", type=int, default=50, help="steps the guide flies first")
+    p.add_argument("--guide", default="pid", help="the guide of the warm-up: 'pid' or a guide ANN model file")
 
     p = add(sub, "train", cmd_train, "train a controller (TD3BC+JSRL or a baseline) from a config")
     p.add_argument("--config", default="config/train/td3bc_jsrl.yaml")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--guide", default=None, help="override the config's guide: 'pid', 'none' or a guide ANN file")
     p.add_argument("--out", default=None, help="run directory (default runs/<name>_seed<S>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 

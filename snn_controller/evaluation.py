@@ -1,5 +1,6 @@
-"""Evaluating controllers the paper's way: N test episodes at a named curriculum stage, the PID
-guide flying the first ``warmup_steps`` steps, then the network (method.md section 5).
+"""Evaluating controllers the paper's way: N test episodes at a named curriculum stage, the guide
+(the PID by default, or a guide ANN file) flying the first ``warmup_steps`` steps, then the network
+(method.md section 5).
 
 Spiking model files fly through the numpy deployment path (what the node runs); ANN models and
 actors still in training fly through torch.
@@ -15,7 +16,7 @@ from .drone import load_drone
 from .envs import evaluate
 from .model_file import load_model
 from .networks import MLPActor
-from .pid import PIDController
+from .pid import PIDController, PIDPolicy
 from .policy import EnvPolicy, GuidedPolicy
 from .snn_numpy import NumpySpikingActor
 
@@ -52,12 +53,51 @@ class PrivilegedPolicy:
         return torch.as_tensor(self.network.step(obs.privileged.float().numpy()), dtype=obs.actor.dtype)
 
 
-def flight_policy(network, task: T.TaskConfig, episodes: int, privileged: bool, warmup_steps: int = 50):
-    """The evaluated policy: a privileged network alone, or the PID warm-up then the network."""
+class EnvGuidedPolicy:
+    """The handover of :class:`GuidedPolicy` for a guide that flies FlightEnv observations (a guide
+    ANN needs the privileged 146 values): the network steps on every actor observation."""
+
+    def __init__(self, network, guide, warmup_steps: int):
+        self.network, self.guide, self.warmup_steps = network, guide, warmup_steps
+        self.steps = None
+
+    def reset(self, mask=None):
+        self.network.reset(mask)
+        self.guide.reset(mask)
+        if mask is None or self.steps is None:
+            self.steps = None
+        else:
+            self.steps[np.asarray(mask, dtype=bool)] = 0
+
+    def __call__(self, obs):
+        if self.steps is None:
+            self.steps = np.zeros(len(obs.actor), dtype=np.int64)
+        network_flying = torch.as_tensor(self.steps >= self.warmup_steps)
+        net = torch.as_tensor(self.network.step(obs.actor.double().numpy()), dtype=obs.actor.dtype)
+        guide = self.guide(obs)
+        self.steps += 1
+        return torch.where(network_flying[:, None], net, guide)
+
+
+def make_guide(spec: str, drone: str, n: int, dt: float):
+    """A guide as a FlightEnv policy: ``"pid"``, or a guide ANN model file (privileged observation)."""
+    if spec == "pid":
+        return PIDPolicy(load_drone(drone), n, dt)
+    return PrivilegedPolicy(TorchActorRunner(load_mlp(spec, drone=drone), n))
+
+
+def flight_policy(network, task: T.TaskConfig, episodes: int, privileged: bool, warmup_steps: int = 50,
+                  guide: str = "pid"):
+    """The evaluated policy: a privileged network alone, or the guide's warm-up then the network.
+
+    The PID guide goes through the deployment path (:class:`GuidedPolicy` on numpy, as the node
+    flies); a guide ANN file needs the privileged observation, so it hands over in FlightEnv.
+    """
     if privileged:
         return PrivilegedPolicy(network)
-    guide = PIDController(load_drone(task.drone), episodes, task.dt)
-    return EnvPolicy(GuidedPolicy(network, guide, warmup_steps))
+    if guide == "pid":
+        return EnvPolicy(GuidedPolicy(network, PIDController(load_drone(task.drone), episodes, task.dt), warmup_steps))
+    return EnvGuidedPolicy(network, make_guide(guide, task.drone, episodes, task.dt), warmup_steps)
 
 
 def load_mlp(path, drone: str | None = None) -> MLPActor:
@@ -76,15 +116,16 @@ def load_mlp(path, drone: str | None = None) -> MLPActor:
 
 
 def evaluate_model(path, task: T.TaskConfig, episodes: int, seed: int = 0, engine: str = "batched",
-                   warmup_steps: int = 50) -> dict:
-    """Evaluate a model file; spiking models also report spikes per step per layer."""
+                   warmup_steps: int = 50, guide: str = "pid") -> dict:
+    """Evaluate a model file (``guide``: "pid" or a guide ANN file flies the warm-up); spiking
+    models also report spikes per step per layer."""
     tensors, manifest = load_model(path, drone=task.drone)
     privileged = manifest["architecture"]["obs_dim"] == T.PRIVILEGED_OBS_DIM
     if manifest["architecture"]["type"] == "lif_actor":
         network = NumpySpikingActor(tensors, manifest, batch=episodes)
     else:
         network = TorchActorRunner(load_mlp(path, drone=task.drone), episodes)
-    result = evaluate(flight_policy(network, task, episodes, privileged, warmup_steps), task, episodes,
+    result = evaluate(flight_policy(network, task, episodes, privileged, warmup_steps, guide), task, episodes,
                       engine=engine, seed=seed)
     if isinstance(network, NumpySpikingActor):
         result["spikes_per_step"] = [round(x, 2) for x in network.spikes_per_step()]

@@ -38,12 +38,10 @@ import torch
 
 from . import task as T
 from .config import ConfigError, build, load_yaml, to_dict
-from .drone import load_drone
 from .envs import FlightEnv, evaluate
-from .evaluation import PrivilegedPolicy, TorchActorRunner, flight_policy, load_mlp
+from .evaluation import TorchActorRunner, flight_policy, make_guide
 from .model_file import ACTION_LAYOUT, OBS_LAYOUT, PRIVILEGED_OBS_LAYOUT, code_version, save_model
 from .networks import Critic, MLPActor
-from .pid import PIDPolicy
 from .replay_buffer import SequenceBuffer
 from .schedules import SlopeSchedule, SlopeScheduler, bc_weight, curriculum_stage, guide_steps
 from .snn import ActorArchitecture, SpikingActor, actor_tensors
@@ -147,14 +145,6 @@ def actor_manifest(actor, config: TrainConfig, provenance: dict) -> tuple[dict, 
     if spiking:
         manifest["slope"] = float(actor.slope)
     return actor_tensors(actor), manifest
-
-
-def make_guide(spec: str, drone: str, n: int, dt: float):
-    """The rollouts' guide as a FlightEnv policy: the PID on the actor observation, or a privileged
-    ANN model file on the 146 values."""
-    if spec == "pid":
-        return PIDPolicy(load_drone(drone), n, dt)
-    return PrivilegedPolicy(TorchActorRunner(load_mlp(spec, drone=drone), n))
 
 
 # --- the algorithm ----------------------------------------------------------------------------
@@ -307,12 +297,14 @@ class TD3Trainer:
     # --- evaluation --------------------------------------------------------------------------
     def evaluate(self, episodes: int | None = None, starts: str | None = None, stage: int | None = None,
                  engine: str = "batched", seed: int | None = None) -> dict:
-        """The paper's evaluation: the PID guide flies the first warm-up steps, then the actor."""
+        """The paper's evaluation: the run's guide (the PID for runs without one) flies the first
+        warm-up steps, then the actor."""
         c = self.config
         n = episodes or c.eval_episodes
         task = T.TaskConfig(drone=c.drone, start=starts or c.eval_starts,
                             stage=self.task.curriculum.stages - 1 if stage is None else stage)
-        policy = flight_policy(TorchActorRunner(self.actor, n), task, n, c.privileged_actor, c.warmup_steps)
+        guide = "pid" if c.guide == "none" else c.guide
+        policy = flight_policy(TorchActorRunner(self.actor, n), task, n, c.privileged_actor, c.warmup_steps, guide)
         return evaluate(policy, task, n, engine=engine, seed=10_000 + c.seed if seed is None else seed)
 
     # --- the loop ------------------------------------------------------------------------------

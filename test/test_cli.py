@@ -101,6 +101,12 @@ def test_eval_shipped_model_pid_and_bad_files(capsys, tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x01\x02garbage")
     code, r = run_json(capsys, "eval", str(tmp_path / "bad.safetensors"))
     assert code == 2 and "corrupt or truncated" in r["error"]
+    # the warm-up guide is selectable; a bad guide file is an error that names it
+    code, r = run_json(capsys, "eval", "models/td3bc_jsrl_cf21.safetensors", "--episodes", "8", "--starts", "moderate",
+                       "--guide", "models/guide_cf21.safetensors")
+    assert code == 0 and r["guide"] == "models/guide_cf21.safetensors" and r["guide_warmup_steps"] == 50
+    code, r = run_json(capsys, "eval", "models/td3bc_jsrl_cf21.safetensors", "--guide", str(tmp_path / "bad.safetensors"))
+    assert code == 2 and "bad.safetensors" in r["error"] and "corrupt or truncated" in r["error"]
 
 
 def test_eval_of_an_ann_model(capsys, tmp_path):
@@ -115,3 +121,10 @@ def test_eval_of_an_ann_model(capsys, tmp_path):
     assert set(tensors) == set(actor_tensors(MLPActor(18, (16, 8))))
     code, r = run_json(capsys, "eval", str(tmp_path / "ann.safetensors"), "--episodes", "4")
     assert code == 0 and r["episodes"] == 4 and "spikes_per_step" not in r
+
+
+def test_train_guide_override_goes_through_the_config_checks(capsys, tmp_path):
+    code, r = run_json(capsys, "train", "--config", "config/train/td3bc_jsrl.yaml", "--guide", "none",
+                       "--out", str(tmp_path / "run"))
+    assert code == 2 and "jump_start needs a guide" in r["error"]
+    assert not (tmp_path / "run").exists(), "nothing is written for a config that does not validate"

@@ -245,6 +245,38 @@ def test_a_trained_guide_ann_file_flies_the_jump_start(tmp_path):
     assert len(executed) == 500
     assert all(torch.allclose(a, e.to(a.dtype), atol=1e-6) for a, e in zip(executed, expected))
 
+    # ... and the run evaluates with its own guide flying the warm-up: the guide ANN, then the actor
+    from snn_controller import task as T
+    from snn_controller.envs import FlightEnv
+    from snn_controller.evaluation import TorchActorRunner, flight_policy
+
+    n, guide_net, actor = 4, load_mlp(guide_file), TorchActorRunner(trainer.actor, 4)
+    policy = flight_policy(TorchActorRunner(trainer.actor, n), T.TaskConfig(), n, False, 50, str(guide_file))
+    env = FlightEnv(T.TaskConfig(), n, seed=0, autoreset=False, dtype=torch.float32)
+    obs, _ = env.reset()
+    policy.reset()
+    for t in range(60):
+        action = policy(obs)
+        network = torch.as_tensor(actor.step(obs.actor.double().numpy()), dtype=action.dtype)
+        with torch.no_grad():
+            expected = network if t >= 50 else guide_net(obs.privileged.float())
+        assert torch.allclose(action, expected.to(action.dtype), atol=1e-6), t
+        obs, *_ = env.step(action)
+
+
+def test_both_handover_paths_evaluate_the_same_flight(trainer):
+    """The PID guide evaluated through the deployment path (numpy GuidedPolicy) and through the
+    FlightEnv handover used for guide ANN files give the same episodes."""
+    from snn_controller import task as T
+    from snn_controller.envs import evaluate
+    from snn_controller.evaluation import EnvGuidedPolicy, TorchActorRunner, flight_policy, make_guide
+
+    task, n = T.TaskConfig(start="paper"), 8
+    deployed = evaluate(flight_policy(TorchActorRunner(trainer.actor, n), task, n, False, 50), task, n)
+    env_level = evaluate(EnvGuidedPolicy(TorchActorRunner(trainer.actor, n), make_guide("pid", "cf21", n, task.dt), 50),
+                         task, n)
+    assert deployed == pytest.approx(env_level, nan_ok=True)  # an untrained actor: no survivor, no error
+
 
 def test_guide_demonstrations_fly_whole_episodes(trainer):
     """guide_demo_share: the guide flies the first drones for whole episodes, the actor the others."""
