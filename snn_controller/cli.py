@@ -246,7 +246,8 @@ def cmd_train(args) -> int:
         config = replace(config, seed=args.seed)
     if args.guide is not None:
         config = replace(config, guide=args.guide)
-    guide_tag = f"_{os.path.splitext(os.path.basename(args.guide))[0]}" if args.guide is not None else ""  # runs with other guides apart
+    # a run with another guide gets its own default directory
+    guide_tag = "" if args.guide is None else "_" + os.path.splitext(os.path.basename(args.guide))[0]
     out = args.out or f"runs/{config.name}{guide_tag}_seed{config.seed}"
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     r = train(config, out, resume=args.resume, log=log, progress_bar=not args.json)
