@@ -201,10 +201,11 @@ def _monitor(runner, names, args) -> dict:
 
 
 # --- models ------------------------------------------------------------------------------------
-def cmd_eval(args) -> int:
+def _evaluate(model: str, args) -> tuple[dict, str, int]:
+    """One ``snnctl eval`` run: (result, drone, steps the guide flies first)."""
     from .task import TaskConfig
 
-    if args.model == "pid":  # the guide alone, for comparison
+    if model == "pid":  # the guide alone, for comparison
         from .drone import load_drone
         from .envs import evaluate
         from .pid import PIDPolicy
@@ -212,16 +213,19 @@ def cmd_eval(args) -> int:
         task = TaskConfig(drone=args.drone, start=args.starts, stage=args.stage)
         r = evaluate(PIDPolicy(load_drone(args.drone), args.episodes, task.dt), task, args.episodes,
                      engine=args.engine, seed=args.seed)
-        drone, warmup = args.drone, 0
-    else:
-        from .evaluation import evaluate_model
-        from .model_file import load_model
+        return r, args.drone, 0
+    from .evaluation import evaluate_model
+    from .model_file import load_model
 
-        _, manifest = load_model(args.model)
-        drone, warmup = manifest["drone"], args.warmup_steps
-        task = TaskConfig(drone=drone, start=args.starts, stage=args.stage, dt=manifest["dt"])
-        r = evaluate_model(args.model, task, args.episodes, seed=args.seed, engine=args.engine,
-                           warmup_steps=warmup, guide=args.guide)
+    _, manifest = load_model(model)
+    task = TaskConfig(drone=manifest["drone"], start=args.starts, stage=args.stage, dt=manifest["dt"])
+    r = evaluate_model(model, task, args.episodes, seed=args.seed, engine=args.engine,
+                       warmup_steps=args.warmup_steps, guide=args.guide)
+    return r, manifest["drone"], args.warmup_steps
+
+
+def cmd_eval(args) -> int:
+    r, drone, warmup = _evaluate(args.model, args)
     r.update({"model": str(args.model), "drone": drone, "starts": args.starts, "stage": args.stage,
               "engine": args.engine, "seed": args.seed, "guide_warmup_steps": warmup,
               "guide": "pid" if args.model == "pid" else args.guide})
@@ -232,6 +236,15 @@ def cmd_eval(args) -> int:
             f"action deviation {r['action_deviation_mean']:.3f}")
     if "spikes_per_step" in r:
         text += f"\n  spikes per step per layer {r['spikes_per_step']}"
+    if args.compare:  # the same starts (same seed), start by start
+        ref, _, _ = _evaluate(args.compare, args)
+        crashed, ref_crashed = set(r["crashed_episodes"]), set(ref["crashed_episodes"])
+        r["compare"] = {"model": args.compare, "return_mean": ref["return_mean"], "survival_rate": ref["survival_rate"],
+                        "lost": sorted(crashed - ref_crashed), "saved": sorted(ref_crashed - crashed)}
+        c = r["compare"]
+        text += (f"\n  vs {args.compare} on the same starts: its return {c['return_mean']:.1f}, survival "
+                 f"{100 * c['survival_rate']:.1f} %; lost {len(c['lost'])} starts it survives {c['lost']}, "
+                 f"saved {len(c['saved'])} it loses {c['saved']}")
     _emit(args, r, text)
     return 0
 
@@ -314,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup-steps", type=int, default=50, help="steps the guide flies first")
     p.add_argument("--guide", default="pid", help="the guide of the warm-up: 'pid' or a guide ANN model file")
+    p.add_argument("--compare", default=None, metavar="MODEL",
+                   help="also fly MODEL ('pid' or a file) on the same starts: which starts each loses")
 
     p = add(sub, "train", cmd_train, "train a controller (TD3BC+JSRL or a baseline) from a config")
     p.add_argument("--config", default="config/train/td3bc_jsrl.yaml")

@@ -190,6 +190,8 @@ def summarize(episodes: list[dict]) -> dict:
         "survival_rate": float(surv.mean()),
         "position_error_mean": float(err.mean()) if len(err) else float("nan"),
         "action_deviation_mean": float(np.mean([e["action_deviation"] for e in episodes])),
+        # episode i starts from start i of the seed: models evaluated with one seed compare start by start
+        "crashed_episodes": sorted(e["drone"] for e in episodes if not e["survived"]),
     }
 
 

@@ -110,6 +110,18 @@ def test_eval_shipped_model_pid_and_bad_files(capsys, tmp_path):
     assert code == 2 and "bad.safetensors" in r["error"] and "corrupt or truncated" in r["error"]
 
 
+def test_eval_compares_two_controllers_start_by_start(capsys):
+    code, r = run_json(capsys, "eval", "models/td3bc_jsrl_cf21.safetensors", "--episodes", "20", "--starts", "paper",
+                       "--compare", "pid")
+    _, pid = run_json(capsys, "eval", "pid", "--episodes", "20", "--starts", "paper")
+    assert code == 0 and len(r["crashed_episodes"]) == round(20 * (1 - r["survival_rate"]))
+    assert r["compare"]["survival_rate"] == pid["survival_rate"]
+    # the same starts: crashes inside the PID's own first 50 steps are crashes of both
+    assert set(r["crashed_episodes"]) & set(pid["crashed_episodes"])
+    assert r["compare"]["lost"] == sorted(set(r["crashed_episodes"]) - set(pid["crashed_episodes"]))
+    assert r["compare"]["saved"] == sorted(set(pid["crashed_episodes"]) - set(r["crashed_episodes"]))
+
+
 def test_eval_of_an_ann_model(capsys, tmp_path):
     from snn_controller.model_file import save_model
     from snn_controller.networks import MLPActor
