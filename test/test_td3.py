@@ -275,6 +275,7 @@ def test_both_handover_paths_evaluate_the_same_flight(trainer):
     deployed = evaluate(flight_policy(TorchActorRunner(trainer.actor, n), task, n, False, 50), task, n)
     env_level = evaluate(EnvGuidedPolicy(TorchActorRunner(trainer.actor, n), make_guide("pid", "cf21", n, task.dt), 50),
                          task, n)
+    assert deployed.pop("crashed_episodes") == env_level.pop("crashed_episodes")
     assert deployed == pytest.approx(env_level, nan_ok=True)  # an untrained actor: no survivor, no error
 
 
