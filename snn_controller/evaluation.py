@@ -53,26 +53,14 @@ class PrivilegedPolicy:
         return torch.as_tensor(self.network.step(obs.privileged.float().numpy()), dtype=obs.actor.dtype)
 
 
-class EnvGuidedPolicy:
+class EnvGuidedPolicy(GuidedPolicy):
     """The handover of :class:`GuidedPolicy` for a guide that flies FlightEnv observations (a guide
     ANN needs the privileged 146 values): the network steps on every actor observation."""
-
-    def __init__(self, network, guide, warmup_steps: int):
-        self.network, self.guide, self.warmup_steps = network, guide, warmup_steps
-        self.steps = None
-
-    def reset(self, mask=None):
-        self.network.reset(mask)
-        self.guide.reset(mask)
-        if mask is None or self.steps is None:
-            self.steps = None
-        else:
-            self.steps[np.asarray(mask, dtype=bool)] = 0
 
     def __call__(self, obs):
         if self.steps is None:
             self.steps = np.zeros(len(obs.actor), dtype=np.int64)
-        network_flying = torch.as_tensor(self.steps >= self.warmup_steps)
+        network_flying = torch.as_tensor(self.network_flying())
         net = torch.as_tensor(self.network.step(obs.actor.double().numpy()), dtype=obs.actor.dtype)
         guide = self.guide(obs)
         self.steps += 1
