@@ -8,14 +8,17 @@ One iteration, top to bottom as in the paper:
     collect: N drones fly one episode each on the batched engine; the guide flies the first G
              steps, the spiking actor (with Gaussian exploration) the rest; the actor is stepped on
              every observation so it is warm at the handover; the buffer stores the executed actions
+             (and, with ``bc_target: guide``, the guide's action at every state, flown or not)
     repeat ``updates_per_iteration`` times on minibatches of L-step windows (zero initial state):
         critics (privileged 146-value obs + action, time invariant) learn on every step:
             y = r + gamma (1 - terminated) min_j Q'_j(s', clip(pi'(s') + clip(eps, -c, c)))
         every ``policy_delay`` updates the actor learns on steps t >= warm-up:
-            loss = -(alpha / mean|Q1|) Q1(s, pi(s)) + lambda_BC ||pi(s) - a_buffer||^2
+            loss = -(alpha / mean|Q1|) Q1(s, pi(s)) + lambda_BC ||pi(s) - a_bc||^2
+        (a_bc: the executed action as in the paper, or the guide's action at s)
         and the target networks move by tau
     lambda_BC <- lambda_BC * decay
-    evaluate (guide flies the first 50 steps, final curriculum stage) -> adaptive slope
+    evaluate (guide flies the first 50 steps, final curriculum stage) -> adaptive slope;
+             best.safetensors = the best evaluation return on ``select_starts``
 
 Baselines are flags of the same harness (config/train/*.yaml): BC (offline, alpha = 0),
 TD3BC (offline), TD3 (online, no guide, no BC term), an ANN actor (``actor: ann``) and the
@@ -78,6 +81,8 @@ class TrainConfig:
     q_weight: float = 2.0  # alpha of the TD3BC actor loss; 0 = no Q term (BC)
     bc_weight: float = 1.0  # initial lambda_BC (paper: 0.2, see README); 0 = no BC term (TD3)
     bc_decay: float = 1.0  # lambda_BC *= bc_decay each iteration (paper: 0.99, see README)
+    bc_target: Literal["executed", "guide"] = "executed"  # the BC term's target action: the buffer's
+    # executed action (paper), or the guide's action at that state, recorded on every step (README)
     # --- TD3
     gamma: float = 0.99
     tau: float = 0.01
@@ -100,11 +105,15 @@ class TrainConfig:
     eval_every: int = 5  # iterations
     eval_episodes: int = 100  # picks best.safetensors: 20 (the paper's test size) was too noisy for that
     eval_starts: str = "moderate"  # evaluation during training (feeds the adaptive slope)
+    select_starts: str = ""  # best.safetensors is picked on these starts ("": the evaluation's own); a
+    # second evaluation of eval_episodes on its own starts (seed 20,000 + seed) when they differ
     checkpoint_every: int = 5  # iterations
 
     def __post_init__(self):
-        if self.starts not in T.STARTS or self.eval_starts not in T.STARTS:
-            raise ConfigError(f"starts and eval_starts must be one of {sorted(T.STARTS)}")
+        for key in ("starts", "eval_starts", "select_starts"):
+            value = getattr(self, key)
+            if value not in T.STARTS and (key, value) != ("select_starts", ""):
+                raise ConfigError(f"{key} must be one of {sorted(T.STARTS)}, got {value!r}")
         if not 0 <= self.guide_demo_share < 1:
             raise ConfigError(f"guide_demo_share must be in [0, 1), got {self.guide_demo_share}")
         if self.window <= self.warmup_steps:
@@ -113,6 +122,8 @@ class TrainConfig:
             raise ConfigError("q_weight and bc_weight are both 0: the actor would learn nothing")
         if self.jump_start and self.guide == "none":
             raise ConfigError("jump_start needs a guide (guide: pid or a guide model file)")
+        if self.bc_target == "guide" and self.guide == "none":
+            raise ConfigError("bc_target: guide needs a guide (guide: pid or a guide model file)")
         if not self.online and self.guide == "none":
             raise ConfigError("offline training learns from guide rollouts: set a guide")
         for key in ("iterations", "num_drones", "batch_size", "updates_per_iteration", "eval_every",
@@ -166,6 +177,8 @@ class TD3Trainer:
         self.slope = SlopeScheduler(c.slope)
         fields = {"obs": (obs_dim,), "critic_obs": (T.PRIVILEGED_OBS_DIM,), "action": (4,), "reward": (),
                   "terminated": (), "next_obs": (obs_dim,), "next_critic_obs": (T.PRIVILEGED_OBS_DIM,)}
+        if c.bc_target == "guide":
+            fields["guide_action"] = (4,)
         self.task = T.TaskConfig(drone=c.drone, start=c.starts)
         self.buffer = SequenceBuffer(c.buffer_steps, self.task.episode_steps, fields, c.window, c.stride)
         self.env = FlightEnv(self.task, c.num_drones, engine="batched", seed=c.seed, autoreset=True,
@@ -205,8 +218,10 @@ class TD3Trainer:
                 action = action + c.exploration_std * torch.randn(action.shape, generator=noise_gen)
             action = action.clamp(-1.0, 1.0)
             guided = (env.steps < guide_steps_now) | demo
-            if self.guide is not None and guided.any():
-                action = torch.where(guided[:, None], self.guide(obs), action)
+            guide_action = None
+            if self.guide is not None and (guided.any() or c.bc_target == "guide"):
+                guide_action = self.guide(obs)  # also on the actor's drones: a label, not flown
+                action = torch.where(guided[:, None], guide_action, action)
             next_obs, reward, terminated, truncated, info = env.step(action)
             done = terminated | truncated
             final = info.get("final_obs", next_obs)
@@ -215,8 +230,9 @@ class TD3Trainer:
             store_next_critic = torch.where(done[:, None], final.critic, next_obs.critic)
             for k, v in (("obs", actor_in), ("critic_obs", obs.critic), ("action", action), ("reward", reward),
                          ("terminated", terminated.float()), ("next_obs", store_next),
-                         ("next_critic_obs", store_next_critic)):
-                rollout[k][t] = v.numpy()
+                         ("next_critic_obs", store_next_critic), ("guide_action", guide_action)):
+                if k in rollout:
+                    rollout[k][t] = v.numpy()
             episode_start[t] = new_episode.numpy()
             new_episode = done
             episodes += info["episodes"]
@@ -252,8 +268,9 @@ class TD3Trainer:
         c = self.config
         pi, _, rates = self.actor.unroll(batch["obs"])
         w = c.warmup_steps
-        pi, critic_obs, buffer_action = pi[w:], batch["critic_obs"][w:], batch["action"][w:]
-        loss = lambda_bc * ((pi - buffer_action) ** 2).sum(-1).mean()
+        bc_action = batch["guide_action" if c.bc_target == "guide" else "action"][w:]
+        pi, critic_obs = pi[w:], batch["critic_obs"][w:]
+        loss = lambda_bc * ((pi - bc_action) ** 2).sum(-1).mean()
         q = None
         if c.q_weight > 0:
             q = self.critics[0](critic_obs, pi)
@@ -383,6 +400,9 @@ class TD3Trainer:
             row.update(eval_return=ev["return_mean"], eval_survival=ev["survival_rate"],
                        eval_position_error=ev["position_error_mean"])
             self.slope.observe(ev["return_mean"])
+            if c.select_starts not in ("", c.eval_starts):
+                ev = self.evaluate(starts=c.select_starts, seed=20_000 + c.seed)
+                row.update(select_return=ev["return_mean"], select_survival=ev["survival_rate"])
             if ev["return_mean"] > self.best_score:
                 self.best_score = ev["return_mean"]
                 self.save_model(self.out_dir / "best.safetensors", {"evaluation": ev, "iteration": self.iteration})

@@ -115,15 +115,15 @@ def test_critic_target_uses_the_next_step_of_the_target_actor(trainer):
 
 def test_config_validation(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("name: x\nlearning_rate: 0.1\n")
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['learning_rate'\]"):
-        load_train_config(f)
-    f.write_text("q_weight: 0.0\nbc_weight: 0.0\n")
-    with pytest.raises(ConfigError, match="learn nothing"):
-        load_train_config(f)
-    f.write_text("slope: {kind: steep}\n")
-    with pytest.raises(ConfigError, match="slope: kind"):
-        load_train_config(f)
+    for text, error in (("name: x\nlearning_rate: 0.1\n", r"unknown key\(s\) \['learning_rate'\]"),
+                        ("q_weight: 0.0\nbc_weight: 0.0\n", "learn nothing"),
+                        ("slope: {kind: steep}\n", "slope: kind"),
+                        ("guide: none\njump_start: false\nbc_target: guide\n", "bc_target: guide needs a guide"),
+                        ("bc_target: labels\n", "bc_target: 'labels' is not one of"),
+                        ("select_starts: everywhere\n", "select_starts must be one of")):
+        f.write_text(text)
+        with pytest.raises(ConfigError, match=error):
+            load_train_config(f)
     for path in sorted((ROOT / "config" / "train").glob("*.yaml")):
         assert isinstance(load_train_config(path), TrainConfig), path
 
@@ -139,7 +139,9 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
     config_file = tmp_path / "tiny.yaml"
     import yaml
 
-    config_file.write_text(yaml.safe_dump({**TINY, "actor_hidden": [32, 16], "critic_hidden": [32, 32]}))
+    # the method's own settings: guide labels in the buffer (and checkpoint), best picked on paper starts
+    config_file.write_text(yaml.safe_dump({**TINY, "actor_hidden": [32, 16], "critic_hidden": [32, 32],
+                                           "bc_target": "guide", "select_starts": "paper"}))
     cmd = [sys.executable, "-m", "snn_controller.cli", "train", "--config", str(config_file), "--json"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ref = subprocess.run(cmd + ["--out", str(tmp_path / "ref")], capture_output=True, text=True, env=env, timeout=300)
@@ -287,3 +289,49 @@ def test_guide_demonstrations_fly_whole_episodes(trainer):
     flown, guide = torch.stack(executed), torch.stack(answered).to(executed[0].dtype)
     assert torch.equal(flown[:, :2], guide[:, :2])
     assert (flown[:, 2:] != guide[:, 2:]).any(-1).all(), "the actor flies the other drones at every step"
+
+
+def test_bc_target_guide_labels_every_step_and_the_bc_term_uses_the_labels(tmp_path):
+    """bc_target: guide: the guide answers on the actor's drones too (its action is stored, not
+    flown) and the BC term pulls towards that label instead of the executed action."""
+    trainer = TD3Trainer(quick_config(**TINY, guide_demo_share=0.0, bc_target="guide"), tmp_path)
+    answered, executed = _record_flight(trainer)
+    trainer.collect(guide_steps_now=10, stage=0, seed=0)
+    flown, guide = torch.stack(executed), torch.stack(answered).to(executed[0].dtype)
+    assert len(answered) == len(executed), "the guide answers on every step, also after the handover"
+    actor_flew = (flown != guide).any(-1)  # (crashed drones restart with 10 guide steps)
+    assert torch.equal(flown[:10], guide[:10]) and actor_flew[10:].float().mean() > 0.5
+    stored = trainer.buffer.data["guide_action"][:8].transpose(1, 0, 2)  # (steps, drones, 4)
+    assert np.array_equal(stored, guide.numpy()), "the label of every step is the guide's answer"
+    assert np.array_equal(trainer.buffer.data["action"][:8].transpose(1, 0, 2), flown.numpy())
+
+    batch = _batch(trainer)
+    trainer.config = replace(trainer.config, q_weight=0.0)
+    with torch.no_grad():
+        own = trainer.actor.unroll(batch["obs"])[0]
+    batch["guide_action"] = own.clone()
+    batch["action"] = -own  # the executed action no longer enters the BC term
+    assert trainer.actor_loss(batch, lambda_bc=1.0)[0].item() == pytest.approx(0.0, abs=1e-10)
+    batch["guide_action"][70] += 0.5
+    assert trainer.actor_loss(batch, lambda_bc=1.0)[0].item() > 0
+
+
+def test_best_checkpoint_is_picked_on_the_select_starts(tmp_path):
+    """select_starts: the slope still reads the eval_starts evaluation; best.safetensors is the
+    checkpoint with the best return on the selection starts, and says which evaluation picked it."""
+    from snn_controller.model_file import load_model
+
+    config = quick_config(**{**TINY, "iterations": 2, "eval_every": 1, "checkpoint_every": 2,
+                             "eval_starts": "moderate", "select_starts": "paper"})
+    trainer = TD3Trainer(config, tmp_path)
+    seen = []
+    real = trainer.evaluate
+    trainer.evaluate = lambda **kw: seen.append(kw) or real(**kw)
+    trainer.run(progress_bar=False)
+    assert [kw.get("starts") for kw in seen] == [None, "paper"] * 2
+    rows = trainer.history
+    assert trainer.slope.scores == [r["eval_return"] for r in rows], "the slope reads the moderate evaluation"
+    best_row = max(rows, key=lambda r: r["select_return"])
+    picked = load_model(tmp_path / "best.safetensors")[1]["provenance"]
+    assert picked["iteration"] == best_row["iteration"]
+    assert picked["evaluation"]["return_mean"] == pytest.approx(best_row["select_return"])
