@@ -339,7 +339,7 @@ class TD3Trainer:
             while self.iteration < c.iterations:
                 row = self.run_iteration()
                 self.history.append(row)
-                _log_row(self.out_dir / "progress.csv", row)
+                _write_progress(self.out_dir / "progress.csv", self.history)
                 if writer is not None:
                     for k, v in row.items():
                         if isinstance(v, (int, float)) and np.isfinite(v):
@@ -494,13 +494,9 @@ def _tensorboard(out_dir: Path):
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 
-def _log_row(path: Path, row: dict) -> None:
-    """Append to the CSV log (a new column rewrites the header)."""
-    rows = []
-    if path.is_file():
-        with open(path) as f:
-            rows = list(csv.DictReader(f))
-    rows.append({k: v for k, v in row.items()})
+def _write_progress(path: Path, rows: list[dict]) -> None:
+    """The CSV log, rewritten whole from the run's history: after a resume it holds exactly the
+    iterations of the checkpoint and those run since, none twice."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:

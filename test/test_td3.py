@@ -14,7 +14,7 @@ import torch
 
 from snn_controller.config import ConfigError
 from snn_controller.replay_buffer import SequenceBuffer
-from snn_controller.td3 import TD3Trainer, TrainConfig, load_train_config, quick_config
+from snn_controller.td3 import TD3Trainer, TrainConfig, load_train_config, quick_config, train
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,6 +126,25 @@ def test_config_validation(tmp_path):
             load_train_config(f)
     for path in sorted((ROOT / "config" / "train").glob("*.yaml")):
         assert isinstance(load_train_config(path), TrainConfig), path
+
+
+def test_progress_log_after_a_resume_holds_each_iteration_once(tmp_path):
+    """Killed after an iteration was logged but before its checkpoint: the resumed run repeats that
+    iteration, and the CSV must not list it twice."""
+    import csv
+
+    config = quick_config(**{**TINY, "iterations": 4, "checkpoint_every": 2, "eval_every": 4})
+
+    def killed_after_third(row):
+        if row["iteration"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path, progress_bar=False, log=lambda *a: None, on_iteration=killed_after_third)
+    logged = lambda: [int(r["iteration"]) for r in csv.DictReader(open(tmp_path / "progress.csv"))]  # noqa: E731
+    assert logged() == [1, 2, 3] and torch.load(tmp_path / "checkpoint.pt", weights_only=True)["iteration"] == 2
+    train(config, tmp_path, resume=True, progress_bar=False, log=lambda *a: None)
+    assert logged() == [1, 2, 3, 4]
 
 
 def _final_weights(out_dir):
