@@ -352,7 +352,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, KeyError, FileExistsError) as exc:  # includes ModelFileError
+    except (ConfigError, ValueError, KeyError, OSError) as exc:  # includes ModelFileError, a full disk
         message = str(exc)
         if args.json:
             print(json.dumps({"error": message}))

@@ -440,8 +440,13 @@ class TD3Trainer:
         }
         path = self.out_dir / "checkpoint.pt"
         tmp = path.with_name("checkpoint.pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError
+            tmp.unlink(missing_ok=True)
+            raise OSError(f"{path}: could not write the checkpoint ({exc}); the previous checkpoint is "
+                          "intact: free some disk space, then continue with --resume") from None
 
     def load_checkpoint(self) -> bool:
         path = self.out_dir / "checkpoint.pt"

@@ -147,6 +147,23 @@ def test_progress_log_after_a_resume_holds_each_iteration_once(tmp_path):
     assert logged() == [1, 2, 3, 4]
 
 
+def test_a_checkpoint_that_cannot_be_written_says_so_and_keeps_the_previous_one(trainer, monkeypatch):
+    trainer.save_checkpoint()
+    before = (trainer.out_dir / "checkpoint.pt").read_bytes()
+    real_save = torch.save
+
+    def full_disk(state, path):
+        real_save(state, path)  # a partial file is left behind, as torch leaves it
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 75138048 vs 75137936")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    trainer.iteration = 1
+    with pytest.raises(OSError, match="could not write the checkpoint .*previous checkpoint is intact.*--resume"):
+        trainer.save_checkpoint()
+    assert (trainer.out_dir / "checkpoint.pt").read_bytes() == before
+    assert not (trainer.out_dir / "checkpoint.pt.tmp").exists()
+
+
 def _final_weights(out_dir):
     state = torch.load(Path(out_dir) / "checkpoint.pt", weights_only=True)
     return state["actor"], state["critics"], state["history"]
