@@ -63,11 +63,26 @@ def save_model(path: str | os.PathLike, tensors: dict[str, np.ndarray], manifest
     _check(manifest, {k: np.asarray(v) for k, v in tensors.items()}, str(path))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     arrays = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in tensors.items()}
-    save_file(arrays, str(tmp), metadata={"manifest": json.dumps(manifest, sort_keys=True)})
-    os.chmod(tmp, 0o644)  # model files are shared data (installed to share/), readable by all
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        save_file(arrays, str(tmp), metadata={"manifest": json.dumps(manifest, sort_keys=True)})
+        os.chmod(tmp, 0o644)  # model files are shared data (installed to share/), readable by all
+
+    write_atomically(path, write, "model file")
+
+
+def write_atomically(path: Path, write, what: str, hint: str = "") -> None:
+    """``write(tmp)`` to a temp file, then rename it over ``path``: a crash never leaves a half-written
+    file in its place. A failed write (a full disk) removes the temp file and raises an OSError that
+    names the file."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"{path}: could not write the {what} ({exc}){hint}") from None
 
 
 def load_model(path: str | os.PathLike, drone: str | None = None) -> tuple[dict[str, np.ndarray], dict]:

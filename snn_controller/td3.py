@@ -43,7 +43,8 @@ from . import task as T
 from .config import ConfigError, build, load_yaml, to_dict
 from .envs import FlightEnv, evaluate
 from .evaluation import TorchActorRunner, flight_policy, make_guide
-from .model_file import ACTION_LAYOUT, OBS_LAYOUT, PRIVILEGED_OBS_LAYOUT, code_version, save_model
+from .model_file import (ACTION_LAYOUT, OBS_LAYOUT, PRIVILEGED_OBS_LAYOUT, code_version, save_model,
+                         write_atomically)
 from .networks import Critic, MLPActor
 from .replay_buffer import SequenceBuffer
 from .schedules import SlopeSchedule, SlopeScheduler, bc_weight, curriculum_stage, guide_steps
@@ -438,15 +439,8 @@ class TD3Trainer:
                        "windows": [torch.from_numpy(w) for w in buf["windows"]],
                        "next_slot": buf["next_slot"], "filled": buf["filled"]},
         }
-        path = self.out_dir / "checkpoint.pt"
-        tmp = path.with_name("checkpoint.pt.tmp")
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError
-            tmp.unlink(missing_ok=True)
-            raise OSError(f"{path}: could not write the checkpoint ({exc}); the previous checkpoint is "
-                          "intact: free some disk space, then continue with --resume") from None
+        write_atomically(self.out_dir / "checkpoint.pt", lambda tmp: torch.save(state, tmp), "checkpoint",
+                         "; the previous checkpoint is intact: free some disk space, then continue with --resume")
 
     def load_checkpoint(self) -> bool:
         path = self.out_dir / "checkpoint.pt"
@@ -503,12 +497,14 @@ def _write_progress(path: Path, rows: list[dict]) -> None:
     """The CSV log, rewritten whole from the run's history: after a resume it holds exactly the
     iterations of the checkpoint and those run since, none twice."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+
+    write_atomically(path, write, "progress log")
 
 
 def train(config: TrainConfig, out_dir, resume: bool = False, log=print, progress_bar: bool = True,
