@@ -2,9 +2,12 @@
 
 A rollout of S steps by N drones becomes N segments of S steps (a ring of segments, oldest
 overwritten first). Windows of ``window`` steps start at each episode's first step and every
-``stride`` steps after it and never cross an episode boundary, so a window can be replayed from
-zero membrane state. Every step also stores its next observations, so the critics learn on
-every step of a window.
+``stride`` steps after it (plus one ending at the episode's last step) and never cross an
+episode boundary, so a window can be replayed from zero membrane state. A crashed episode
+shorter than a window but at least ``min_steps`` long is kept as a window whose steps after the
+crash are masked out (``mask`` in a sample): without it, the states that lead to crashes and the
+crashes themselves would never reach the critics or the BC term. Every step also stores its next
+observations, so the critics learn on every step of a window.
 """
 
 from __future__ import annotations
@@ -17,14 +20,17 @@ from .sequences import window_starts
 class SequenceBuffer:
     """``fields``: name -> per-step shape, e.g. {"obs": (18,), "reward": ()}; float32 storage."""
 
-    def __init__(self, capacity_steps: int, segment_steps: int, fields: dict, window: int, stride: int):
+    def __init__(self, capacity_steps: int, segment_steps: int, fields: dict, window: int, stride: int,
+                 min_steps: int | None = None):
         if window > segment_steps:
             raise ValueError(f"window ({window}) longer than a segment ({segment_steps})")
         self.segments = max(capacity_steps // segment_steps, 1)
         self.segment_steps, self.window, self.stride = segment_steps, window, stride
+        self.min_steps = window if min_steps is None else min_steps
         self.fields = {k: tuple(v) for k, v in fields.items()}
         self.data = {k: np.zeros((self.segments, segment_steps, *shape), np.float32) for k, shape in self.fields.items()}
-        self.windows = [np.zeros(0, np.int64) for _ in range(self.segments)]  # window start times per segment
+        # per segment: (start time, valid steps) of each window
+        self.windows = [np.zeros((0, 2), np.int64) for _ in range(self.segments)]
         self.next_slot, self.filled = 0, 0
         self._rebuild_index()
 
@@ -43,28 +49,32 @@ class SequenceBuffer:
             raise ValueError(f"rollout has {steps} steps, segments hold {self.segment_steps}")
         if set(rollout) != set(self.fields):
             raise ValueError(f"rollout fields {sorted(rollout)} != buffer fields {sorted(self.fields)}")
-        starts = window_starts(episode_start, self.window, self.stride)
+        starts = window_starts(episode_start, self.window, self.stride, self.min_steps)
         for d in range(drones):
             slot = self.next_slot
             for k, v in rollout.items():
                 self.data[k][slot] = v[:, d]
-            self.windows[slot] = starts[starts[:, 1] == d, 0]
+            self.windows[slot] = starts[starts[:, 1] == d][:, [0, 2]]
             self.next_slot = (slot + 1) % self.segments
             self.filled = min(self.filled + 1, self.segments)
         self._rebuild_index()
 
     def _rebuild_index(self) -> None:
-        """Flat (segment, start) list of every window, for uniform sampling."""
-        parts = [np.stack([np.full(len(w), s), w], 1) for s, w in enumerate(self.windows) if len(w)]
-        self._index = np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
+        """Flat (segment, start, valid steps) list of every window, for uniform sampling."""
+        parts = [np.concatenate([np.full((len(w), 1), s), w], 1) for s, w in enumerate(self.windows) if len(w)]
+        self._index = np.concatenate(parts) if parts else np.zeros((0, 3), np.int64)
 
     def sample(self, batch: int, rng: np.random.Generator) -> dict:
-        """name -> (window, batch, ...) float32 arrays of ``batch`` random windows."""
+        """name -> (window, batch, ...) float32 arrays of ``batch`` random windows, and ``mask``
+        (window, batch): 1 on the steps that belong to the window's episode."""
         if self.num_windows == 0:
             raise ValueError("the buffer holds no complete window yet")
         pick = self._index[rng.integers(self.num_windows, size=batch)]
-        t = pick[:, 1][None, :] + np.arange(self.window)[:, None]
-        return {k: v[pick[:, 0][None, :], t] for k, v in self.data.items()}
+        offset = np.arange(self.window)[:, None]
+        t = pick[:, 1][None, :] + offset
+        batch = {k: v[pick[:, 0][None, :], t] for k, v in self.data.items()}
+        batch["mask"] = (offset < pick[:, 2][None, :]).astype(np.float32)
+        return batch
 
     def state_dict(self) -> dict:
         used = self.filled
@@ -76,6 +86,8 @@ class SequenceBuffer:
         for k, v in state["data"].items():
             self.data[k][:used] = v
         for i, w in enumerate(state["windows"]):
-            self.windows[i] = np.asarray(w, np.int64)
+            w = np.asarray(w, np.int64)
+            # checkpoints before masked windows stored start times only, every window full
+            self.windows[i] = w if w.ndim == 2 else np.stack([w, np.full_like(w, self.window)], 1)
         self.next_slot, self.filled = state["next_slot"], used
         self._rebuild_index()

@@ -86,6 +86,7 @@ class TrainConfig:
     # executed action (paper), or the guide's action at that state, recorded on every step (README)
     # --- TD3
     gamma: float = 0.99
+    n_step: int = 1  # critic targets over n rewards before bootstrapping (paper: 1; README)
     tau: float = 0.01
     policy_noise: float = 0.2
     noise_clip: float = 0.5
@@ -128,7 +129,7 @@ class TrainConfig:
         if not self.online and self.guide == "none":
             raise ConfigError("offline training learns from guide rollouts: set a guide")
         for key in ("iterations", "num_drones", "batch_size", "updates_per_iteration", "eval_every",
-                    "checkpoint_every", "policy_delay"):
+                    "checkpoint_every", "policy_delay", "n_step"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1")
 
@@ -181,7 +182,9 @@ class TD3Trainer:
         if c.bc_target == "guide":
             fields["guide_action"] = (4,)
         self.task = T.TaskConfig(drone=c.drone, start=c.starts)
-        self.buffer = SequenceBuffer(c.buffer_steps, self.task.episode_steps, fields, c.window, c.stride)
+        # a crashed episode is kept once it outlasts the warm-up: then the actor has a step to learn on
+        self.buffer = SequenceBuffer(c.buffer_steps, self.task.episode_steps, fields, c.window, c.stride,
+                                     min_steps=c.warmup_steps + 1)
         self.env = FlightEnv(self.task, c.num_drones, engine="batched", seed=c.seed, autoreset=True,
                              dtype=torch.float32, engine_options={"compile": c.compile_engine})
         self.guide = None if c.guide == "none" else make_guide(c.guide, c.drone, c.num_drones, self.task.dt)
@@ -258,10 +261,11 @@ class TD3Trainer:
             noise = (torch.randn_like(next_action) * c.policy_noise).clamp(-c.noise_clip, c.noise_clip)
             next_action = (next_action + noise).clamp(-1.0, 1.0)
             q_next = torch.min(*(q(batch["next_critic_obs"], next_action) for q in self.critics_target))
-            target = batch["reward"] + c.gamma * (1.0 - batch["terminated"]) * q_next
+            target = n_step_targets(batch["reward"], batch["terminated"], q_next, c.gamma, c.n_step)
         # Optionally skip the first steps, where pi'(s') comes from a cold target actor.
         w = c.warmup_steps if c.critic_after_warmup else 0
-        return sum(((q(batch["critic_obs"][w:], batch["action"][w:]) - target[w:]) ** 2).mean()
+        mask = batch["mask"][w:]
+        return sum(_masked_mean((q(batch["critic_obs"][w:], batch["action"][w:]) - target[w:]) ** 2, mask)
                    for q in self.critics)
 
     def actor_loss(self, batch: dict, lambda_bc: float) -> tuple[torch.Tensor, dict]:
@@ -270,13 +274,15 @@ class TD3Trainer:
         pi, _, rates = self.actor.unroll(batch["obs"])
         w = c.warmup_steps
         bc_action = batch["guide_action" if c.bc_target == "guide" else "action"][w:]
-        pi, critic_obs = pi[w:], batch["critic_obs"][w:]
-        loss = lambda_bc * ((pi - bc_action) ** 2).sum(-1).mean()
+        pi, critic_obs, mask = pi[w:], batch["critic_obs"][w:], batch["mask"][w:]
+        loss = lambda_bc * _masked_mean(((pi - bc_action) ** 2).sum(-1), mask)
         q = None
         if c.q_weight > 0:
             q = self.critics[0](critic_obs, pi)
-            loss = loss - c.q_weight / q.abs().mean().detach().clamp(min=1e-6) * q.mean()
-        info = {"spike_rates": rates.tolist(), "q": q.detach().mean().item() if q is not None else float("nan")}
+            q_scale = _masked_mean(q.abs(), mask).detach().clamp(min=1e-6)
+            q = _masked_mean(q, mask)
+            loss = loss - c.q_weight / q_scale * q
+        info = {"spike_rates": rates.tolist(), "q": q.detach().item() if q is not None else float("nan")}
         return loss, info
 
     @torch.no_grad()
@@ -472,6 +478,30 @@ class TD3Trainer:
                                      "next_slot": b["next_slot"], "filled": b["filled"]})
         self.started = time.monotonic()
         return True
+
+
+def n_step_targets(reward: torch.Tensor, terminated: torch.Tensor, q_next: torch.Tensor, gamma: float,
+                   n: int) -> torch.Tensor:
+    """y_t = sum_{k<m} gamma^k r_{t+k} + gamma^m Q'(s_{t+m}), m = n or fewer at the window's end;
+    nothing after a crash. (L, B) tensors along a window; q_next[t] = Q'(s_{t+1}, pi'(s_{t+1})).
+    n = 1 is the one-step TD target. n > 1 carries a crash or a slow recovery n times further back
+    per update, at the price of following the stored actions for n - 1 steps (R2D2, D4PG)."""
+    steps = reward.shape[0]
+    t = torch.arange(steps)[:, None]
+    target = torch.zeros_like(reward)
+    alive = torch.ones_like(reward)  # no crash yet between t and t + k
+    for k in range(min(n, steps)):
+        r, done, q = (torch.cat([x[k:], torch.zeros_like(x[:k])]) for x in (reward, terminated, q_next))
+        inside = (t + k < steps).to(reward)
+        bootstrap = ((t + k == steps - 1) | (k == n - 1)).to(reward)  # the last reward t + k sums
+        target = target + alive * inside * gamma ** k * (r + bootstrap * gamma * (1.0 - done) * q)
+        alive = alive * (1.0 - done)
+    return target
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the steps a window's episode owns (a crashed episode's window is padded)."""
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def _progress_fields(history: list[dict]) -> dict:

@@ -14,7 +14,7 @@ import torch
 
 from snn_controller.config import ConfigError
 from snn_controller.replay_buffer import SequenceBuffer
-from snn_controller.td3 import TD3Trainer, TrainConfig, load_train_config, quick_config, train
+from snn_controller.td3 import TD3Trainer, TrainConfig, load_train_config, n_step_targets, quick_config, train
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,14 +30,42 @@ def test_buffer_windows_stay_inside_episodes():
     x = np.tile(np.arange(10, dtype=np.float32)[:, None], (1, 2))
     x[5:, 0] += 100  # mark drone 0's second episode
     buf.add({"x": x, "v": np.zeros((10, 2, 2), np.float32)}, starts)
-    # drone 0: starts 0 (0..3) and 5 (5..8); drone 1: 0, 2, 4, 6
-    assert sorted(map(tuple, buf._index.tolist())) == [(0, 0), (0, 5), (1, 0), (1, 2), (1, 4), (1, 6)]
+    # drone 0: 0 (0..3) and 1 (1..4: ends at the crash), 5 and 6; drone 1: 0, 2, 4, 6 (6 ends at 9)
+    assert sorted(map(tuple, buf._index[:, :2].tolist())) == [(0, 0), (0, 1), (0, 5), (0, 6), (1, 0), (1, 2),
+                                                              (1, 4), (1, 6)]
     batch = buf.sample(200, np.random.default_rng(0))
-    assert batch["x"].shape == (4, 200) and batch["v"].shape == (4, 200, 2)
+    assert batch["x"].shape == (4, 200) and batch["v"].shape == (4, 200, 2) and (batch["mask"] == 1).all()
     steps = np.diff(batch["x"], axis=0)
     assert (steps == 1).all(), "a window never jumps across an episode boundary"
     with pytest.raises(ValueError, match="rollout has 9 steps"):
         buf.add({"x": x[:9], "v": np.zeros((9, 2, 2), np.float32)}, starts[:9])
+
+
+def test_buffer_keeps_every_step_of_crashed_episodes_past_min_steps():
+    """The steps before a crash are the ones a controller must learn; windows must not drop them."""
+    steps, window = 60, 20
+    starts = np.zeros((steps, 4), bool)
+    starts[0] = True
+    starts[[33, 47], 0] = True  # drone 0: crashes at steps 32 and 46 (an episode of 14 steps)
+    starts[[6, 18], 1] = True  # drone 1: crashes at step 5 (shorter than min_steps) and at 17 (12 steps)
+    starts[50, 2] = True  # drone 2: a last episode of 10 steps, cut off by the rollout's end, no crash
+    buf = SequenceBuffer(10_000, steps, {"t": ()}, window=window, stride=7, min_steps=8)
+    t = np.tile(np.arange(steps, dtype=np.float32)[:, None], (1, 4))
+    buf.add({"t": t}, starts)
+    covered = np.zeros((steps, 4), bool)
+    for segment, start, valid in buf._index:
+        assert valid == window or start + window <= steps
+        covered[start:start + valid, segment] = True
+    expected = np.ones((steps, 4), bool)
+    expected[:6, 1] = False  # 6 steps: shorter than min_steps
+    expected[47:, 0] = expected[50:, 2] = False  # shorter than a window, and the rollout ends before one fits
+    assert (covered == expected).all()
+    batch = buf.sample(500, np.random.default_rng(0))
+    # padded windows: the mask ends at the crash, and the masked part never counts
+    short = batch["mask"].sum(0) < window
+    assert short.any() and set(batch["mask"].sum(0)[short].tolist()) <= {12.0, 14.0}
+    inside = batch["mask"] == 1
+    assert (np.diff(batch["t"], axis=0)[inside[1:]] == 1).all()
 
 
 def test_buffer_ring_overwrites_oldest_segments():
@@ -61,7 +89,7 @@ def _batch(trainer, length=None):
     return {"obs": torch.randn(length, b, 18, generator=g), "critic_obs": torch.randn(length, b, 146, generator=g),
             "action": torch.rand(length, b, 4, generator=g) * 2 - 1, "reward": torch.randn(length, b, generator=g),
             "terminated": torch.zeros(length, b), "next_obs": torch.randn(length, b, 18, generator=g),
-            "next_critic_obs": torch.randn(length, b, 146, generator=g)}
+            "next_critic_obs": torch.randn(length, b, 146, generator=g), "mask": torch.ones(length, b)}
 
 
 def test_actor_loss_ignores_the_warmup_and_uses_the_actors_actions(trainer):
@@ -89,6 +117,25 @@ def test_q_term_is_at_the_actors_actions_and_reaches_the_actor(trainer):
     assert trainer.actor_loss(other, lambda_bc=0.0)[0].item() == pytest.approx(loss.item())
 
 
+def test_losses_ignore_the_masked_steps_after_a_crash(trainer):
+    batch = _batch(trainer)
+    batch["mask"][70:, 0] = 0.0  # window 0: the episode crashed at step 69
+    batch["terminated"][69, 0] = 1.0
+    trainer.config = replace(trainer.config, bc_target="executed")
+    actor_loss = trainer.actor_loss(batch, lambda_bc=1.0)[0].item()
+    other = {k: v.clone() for k, v in batch.items()}
+    for key in ("action", "reward", "critic_obs", "next_critic_obs", "obs"):
+        other[key][70:, 0] = 1e3  # the next episode's data in the padding
+    torch.manual_seed(0)
+    a = trainer.critic_loss(batch).item()
+    torch.manual_seed(0)
+    b = trainer.critic_loss(other).item()
+    assert a == pytest.approx(b, rel=1e-6)
+    assert trainer.actor_loss(other, lambda_bc=1.0)[0].item() == pytest.approx(actor_loss, rel=1e-6)
+    other["action"][60, 0] += 0.5  # a step before the crash still counts
+    assert trainer.actor_loss(other, lambda_bc=1.0)[0].item() != pytest.approx(actor_loss, rel=1e-6)
+
+
 def test_target_networks_move_by_tau(trainer):
     tau = trainer.config.tau
     before = [p.clone() for p in trainer.critics_target.parameters()]
@@ -106,11 +153,29 @@ def test_target_networks_move_by_tau(trainer):
 def test_critic_target_uses_the_next_step_of_the_target_actor(trainer):
     batch = _batch(trainer, length=60)
     batch["terminated"][:] = 1.0  # terminal everywhere: y = r exactly, whatever the target actor says
-    trainer.config = replace(trainer.config, critic_after_warmup=False)  # the paper's every step
-    loss = trainer.critic_loss(batch)
     expected = sum(((q(batch["critic_obs"], batch["action"]) - batch["reward"]) ** 2).mean()
                    for q in trainer.critics)
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    for n_step in (1, 3):
+        trainer.config = replace(trainer.config, critic_after_warmup=False, n_step=n_step)  # every step
+        assert trainer.critic_loss(batch).item() == pytest.approx(expected.item(), rel=1e-6)
+    batch["terminated"][:] = 0.0  # now the targets differ: n_step reaches critic_loss
+    losses = []
+    for n_step in (1, 3):
+        trainer.config = replace(trainer.config, n_step=n_step)
+        torch.manual_seed(0)
+        losses.append(trainer.critic_loss(batch).item())
+    assert losses[0] != pytest.approx(losses[1], rel=1e-3)
+
+
+def test_n_step_targets_stop_at_crashes_and_at_the_window_end():
+    reward = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    crashed = torch.tensor([[0.0], [0.0], [1.0], [0.0]])  # step 2 ends the episode
+    q_next = torch.full((4, 1), 8.0)
+    def targets(n):
+        return n_step_targets(reward, crashed, q_next, gamma=0.5, n=n)[:, 0].tolist()
+    assert targets(1) == [5.0, 6.0, 3.0, 8.0]  # r + gamma (1 - crashed) Q'
+    assert targets(2) == [1 + 0.5 * 2 + 0.25 * 8, 2 + 0.5 * 3, 3.0, 4 + 0.5 * 8]
+    assert targets(10) == [1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3.0, 4 + 0.5 * 8]
 
 
 def test_config_validation(tmp_path):
@@ -120,7 +185,8 @@ def test_config_validation(tmp_path):
                         ("slope: {kind: steep}\n", "slope: kind"),
                         ("guide: none\njump_start: false\nbc_target: guide\n", "bc_target: guide needs a guide"),
                         ("bc_target: labels\n", "bc_target: 'labels' is not one of"),
-                        ("select_starts: everywhere\n", "select_starts must be one of")):
+                        ("select_starts: everywhere\n", "select_starts must be one of"),
+                        ("n_step: 0\n", "n_step must be >= 1")):
         f.write_text(text)
         with pytest.raises(ConfigError, match=error):
             load_train_config(f)
@@ -226,11 +292,11 @@ def test_a_tiny_training_run_improves_a_fresh_network(tmp_path):
     assert after["return_mean"] > before["return_mean"] + 25, (before, after)
 
 
-def test_no_complete_window_means_no_update_not_a_crash(tmp_path):
-    """TD3 from scratch crashes early: without a complete window the run goes on without updates
-    (the paper's warm-up problem) instead of failing."""
+def test_no_window_past_the_warmup_means_no_update_not_a_crash(tmp_path):
+    """TD3 from scratch crashes early: while no episode outlasts the warm-up there is nothing to learn
+    on (the paper's warm-up problem), and the run goes on without updates instead of failing."""
     config = quick_config(**{**TINY, "iterations": 1, "guide": "none", "jump_start": False, "bc_weight": 0.0,
-                             "eval_every": 1, "window": 450})
+                             "eval_every": 1, "window": 450, "warmup_steps": 449})
     trainer = TD3Trainer(config, tmp_path)
     row = trainer.run_iteration()  # a fresh network flies no episode for 450 steps
     assert row["windows"] == 0 and trainer.updates == 0 and "critic_loss" not in row
