@@ -68,7 +68,7 @@ class SequenceBuffer:
         """name -> (window, batch, ...) float32 arrays of ``batch`` random windows, and ``mask``
         (window, batch): 1 on the steps that belong to the window's episode."""
         if self.num_windows == 0:
-            raise ValueError("the buffer holds no complete window yet")
+            raise ValueError("the buffer holds no window yet")
         pick = self._index[rng.integers(self.num_windows, size=batch)]
         offset = np.arange(self.window)[:, None]
         t = pick[:, 1][None, :] + offset

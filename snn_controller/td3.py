@@ -9,9 +9,11 @@ One iteration, top to bottom as in the paper:
              steps, the spiking actor (with Gaussian exploration) the rest; the actor is stepped on
              every observation so it is warm at the handover; the buffer stores the executed actions
              (and, with ``bc_target: guide``, the guide's action at every state, flown or not)
-    repeat ``updates_per_iteration`` times on minibatches of L-step windows (zero initial state):
+    repeat ``updates_per_iteration`` times on minibatches of L-step windows (zero initial state;
+    a window may end at a crash, masked after it):
         critics (privileged 146-value obs + action, time invariant) learn on every step:
             y = r + gamma (1 - terminated) min_j Q'_j(s', clip(pi'(s') + clip(eps, -c, c)))
+            (with ``n_step`` > 1: n rewards, then the same bootstrap)
         every ``policy_delay`` updates the actor learns on steps t >= warm-up:
             loss = -(alpha / mean|Q1|) Q1(s, pi(s)) + lambda_BC ||pi(s) - a_bc||^2
         (a_bc: the executed action as in the paper, or the guide's action at s)
@@ -387,8 +389,8 @@ class TD3Trainer:
                 # offline: the guide flies whole episodes; online: JSRL handover at G
                 row.update(self.collect(g if c.online else self.task.episode_steps, stage, seed * 31 + r,
                                         explore=c.online))
-        # Without a complete window (every episode crashed before ``window`` steps, as TD3 from
-        # scratch does) there is nothing to learn from yet: the paper's warm-up problem.
+        # Without a window (every episode crashed within the warm-up, as TD3 from scratch nearly
+        # always does) there is nothing to learn from yet: the paper's warm-up problem.
         ready = self.buffer.num_windows > 0
         stats = [self.update(rng, lambda_bc) for _ in range(c.updates_per_iteration)] if ready else []
         row["windows"] = self.buffer.num_windows
