@@ -75,6 +75,17 @@ def test_buffer_ring_overwrites_oldest_segments():
     assert len(buf) == 30 and sorted(set(buf.data["x"][:, 0].tolist())) == [1.0, 2.0, 3.0]
 
 
+def test_buffer_loads_checkpoints_from_before_masked_windows():
+    """Older checkpoints stored window start times only (every window full): a resumed run keeps them."""
+    buf = SequenceBuffer(capacity_steps=100, segment_steps=10, fields={"x": ()}, window=4, stride=2)
+    buf.add({"x": np.zeros((10, 1), np.float32)}, np.eye(10, 1, dtype=bool))
+    state = buf.state_dict()
+    state["windows"] = [w[:, 0] for w in state["windows"]]
+    old = SequenceBuffer(capacity_steps=100, segment_steps=10, fields={"x": ()}, window=4, stride=2)
+    old.load_state_dict(state)
+    assert (old._index == buf._index).all()
+
+
 @pytest.fixture
 def trainer(tmp_path):
     config = quick_config(**TINY)
