@@ -5,19 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 
-def window_starts(episode_start: np.ndarray, length: int, stride: int, min_steps: int | None = None) -> np.ndarray:
+def window_starts(episode_start: np.ndarray, length: int, stride: int, min_steps: int) -> np.ndarray:
     """Windows (k, 3) = (time, drone, valid steps) of ``length`` steps inside one episode each.
 
     ``episode_start`` (S, N) bool: True where a new episode begins at that step (row 0 is a start).
     Windows begin at each episode's first step and every ``stride`` steps after it; one more ends
     at the episode's last step when the stride misses it, so the steps before a crash and the
     crash itself are trained on. An episode shorter than ``length`` but at least ``min_steps``
-    long (default: ``length``) that ended inside the rollout (a crash) gets one window from its
-    first step, valid for its own steps only: the rest of that window is masked out.
+    long that ended inside the rollout (a crash) gets one window from its first step, valid for
+    its own steps only: the rest of that window is masked out.
     """
     if length < 1 or stride < 1:
         raise ValueError(f"length and stride must be >= 1 (got {length}, {stride})")
-    min_steps = length if min_steps is None else min_steps
     steps, drones = episode_start.shape
     starts = episode_start.copy()
     starts[0] = True

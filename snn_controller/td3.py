@@ -493,10 +493,10 @@ def n_step_targets(reward: torch.Tensor, terminated: torch.Tensor, q_next: torch
     target = torch.zeros_like(reward)
     alive = torch.ones_like(reward)  # no crash yet between t and t + k
     for k in range(min(n, steps)):
+        # step t + k of each row; zeros past the window's end, so those rows add nothing
         r, done, q = (torch.cat([x[k:], torch.zeros_like(x[:k])]) for x in (reward, terminated, q_next))
-        inside = (t + k < steps).to(reward)
         bootstrap = ((t + k == steps - 1) | (k == n - 1)).to(reward)  # the last reward t + k sums
-        target = target + alive * inside * gamma ** k * (r + bootstrap * gamma * (1.0 - done) * q)
+        target = target + alive * gamma ** k * (r + bootstrap * gamma * (1.0 - done) * q)
         alive = alive * (1.0 - done)
     return target
 
