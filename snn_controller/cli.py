@@ -205,16 +205,15 @@ def _evaluate(model: str, args) -> tuple[dict, str, int]:
     """One ``snnctl eval`` run: (result, drone, steps the guide flies first)."""
     from .task import TaskConfig
 
-    if model == "pid":  # the guide alone, for comparison
-        from .drone import load_drone
+    from .evaluation import evaluate_model, make_guide, pid_gains
+
+    if pid_gains(model) is not None:  # a PID guide alone ('pid' or a gains file), for comparison
         from .envs import evaluate
-        from .pid import PIDPolicy
 
         task = TaskConfig(drone=args.drone, start=args.starts, stage=args.stage)
-        r = evaluate(PIDPolicy(load_drone(args.drone), args.episodes, task.dt), task, args.episodes,
+        r = evaluate(make_guide(model, args.drone, args.episodes, task.dt), task, args.episodes,
                      engine=args.engine, seed=args.seed)
         return r, args.drone, 0
-    from .evaluation import evaluate_model
     from .model_file import load_model
 
     _, manifest = load_model(model)
@@ -228,7 +227,7 @@ def cmd_eval(args) -> int:
     r, drone, warmup = _evaluate(args.model, args)
     r.update({"model": str(args.model), "drone": drone, "starts": args.starts, "stage": args.stage,
               "engine": args.engine, "seed": args.seed, "guide_warmup_steps": warmup,
-              "guide": "pid" if args.model == "pid" else args.guide})
+              "guide": args.model if warmup == 0 else args.guide})
     text = (f"{args.model} ({drone}) on {args.starts} starts, stage {args.stage}, {args.engine} engine, "
             f"{r['episodes']} episodes, guide ({r['guide']}) flies the first {warmup} steps:\n"
             f"  return {r['return_mean']:.1f} +- {r['return_std']:.1f}   survival {100 * r['survival_rate']:.1f} %\n"
@@ -318,22 +317,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--updates", type=int, default=10)
 
     p = add(sub, "eval", cmd_eval, "evaluate a model file on the paper task")
-    p.add_argument("model", help="model file (.safetensors), or 'pid' for the guide alone")
-    p.add_argument("--drone", default="cf21", help="drone for 'pid' (a model file names its own)")
+    p.add_argument("model", help="model file (.safetensors), or a PID alone: 'pid' or a gains file (.yaml)")
+    p.add_argument("--drone", default="cf21", help="drone for a PID (a model file names its own)")
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--stage", type=int, default=5, help="curriculum stage of the reward (0..5)")
     p.add_argument("--starts", choices=["paper", "moderate"], default="paper")
     p.add_argument("--engine", choices=["batched", "pybullet"], default="batched")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup-steps", type=int, default=50, help="steps the guide flies first")
-    p.add_argument("--guide", default="pid", help="the guide of the warm-up: 'pid' or a guide ANN model file")
+    p.add_argument("--guide", default="pid", help="the guide of the warm-up: 'pid', a PID gains file (.yaml) or a guide ANN model file")
     p.add_argument("--compare", default=None, metavar="MODEL",
-                   help="also fly MODEL ('pid' or a file) on the same starts: which starts each loses")
+                   help="also fly MODEL (as the model argument) on the same starts: which starts each loses")
 
     p = add(sub, "train", cmd_train, "train a controller (TD3BC+JSRL or a baseline) from a config")
     p.add_argument("--config", default="config/train/td3bc_jsrl.yaml")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--guide", default=None, help="override the config's guide: 'pid', 'none' or a guide ANN file")
+    p.add_argument("--guide", default=None, help="override the config's guide: 'pid', a PID gains file (.yaml), 'none' or a guide ANN file")
     p.add_argument("--out", default=None, help="run directory (default runs/<name>_seed<S>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 

@@ -1,6 +1,8 @@
 """Evaluating controllers the paper's way: N test episodes at a named curriculum stage, the guide
-(the PID by default, or a guide ANN file) flying the first ``warmup_steps`` steps, then the network
-(method.md section 5).
+flying the first ``warmup_steps`` steps, then the network (method.md section 5).
+
+A guide is named by a string: ``"pid"`` (the PID with config/controllers/pid.yaml), a PID gains
+file (``.yaml``, e.g. config/controllers/pid_weak.yaml), or a guide ANN model file.
 
 Spiking model files fly through the numpy deployment path (what the node runs); ANN models and
 actors still in training fly through torch.
@@ -16,7 +18,7 @@ from .drone import load_drone
 from .envs import evaluate
 from .model_file import load_model
 from .networks import MLPActor
-from .pid import PIDController, PIDPolicy
+from .pid import PIDController, PIDGains, PIDPolicy, load_pid_gains
 from .policy import EnvPolicy, GuidedPolicy
 from .snn_numpy import NumpySpikingActor
 
@@ -67,10 +69,21 @@ class EnvGuidedPolicy(GuidedPolicy):
         return torch.where(network_flying[:, None], net, guide)
 
 
-def make_guide(spec: str, drone: str, n: int, dt: float):
-    """A guide as a FlightEnv policy: ``"pid"``, or a guide ANN model file (privileged observation)."""
+def pid_gains(spec: str) -> PIDGains | None:
+    """The gains of a PID guide spec (``"pid"`` or a gains YAML file); None for a guide ANN file."""
     if spec == "pid":
-        return PIDPolicy(load_drone(drone), n, dt)
+        return load_pid_gains()
+    if str(spec).endswith((".yaml", ".yml")):
+        return load_pid_gains(spec)
+    return None
+
+
+def make_guide(spec: str, drone: str, n: int, dt: float):
+    """A guide as a FlightEnv policy: a PID (``"pid"`` or a gains file), or a guide ANN model file
+    (privileged observation)."""
+    gains = pid_gains(spec)
+    if gains is not None:
+        return PIDPolicy(load_drone(drone), n, dt, gains)
     return PrivilegedPolicy(TorchActorRunner(load_mlp(spec, drone=drone), n))
 
 
@@ -78,13 +91,15 @@ def flight_policy(network, task: T.TaskConfig, episodes: int, privileged: bool, 
                   guide: str = "pid"):
     """The evaluated policy: a privileged network alone, or the guide's warm-up then the network.
 
-    The PID guide goes through the deployment path (:class:`GuidedPolicy` on numpy, as the node
+    A PID guide goes through the deployment path (:class:`GuidedPolicy` on numpy, as the node
     flies); a guide ANN file needs the privileged observation, so it hands over in FlightEnv.
     """
     if privileged:
         return PrivilegedPolicy(network)
-    if guide == "pid":
-        return EnvPolicy(GuidedPolicy(network, PIDController(load_drone(task.drone), episodes, task.dt), warmup_steps))
+    gains = pid_gains(guide)
+    if gains is not None:
+        pid = PIDController(load_drone(task.drone), episodes, task.dt, gains)
+        return EnvPolicy(GuidedPolicy(network, pid, warmup_steps))
     return EnvGuidedPolicy(network, make_guide(guide, task.drone, episodes, task.dt), warmup_steps)
 
 

@@ -73,7 +73,7 @@ class TrainConfig:
     actor: Literal["snn", "ann"] = "snn"
     actor_hidden: tuple[int, ...] = (256, 128)
     privileged_actor: bool = False  # the actor sees the 146-value observation (the guide ANN)
-    guide: str = "pid"  # pid | a guide ANN model file | none
+    guide: str = "pid"  # pid | a PID gains file (.yaml) | a guide ANN model file | none
     jump_start: bool = True  # JSRL: the guide flies the first G steps of each rollout
     guide_decay_share: float = 0.75  # share of training over which G shrinks to the warm-up floor
     guide_demo_share: float = 0.25  # share of drones the guide flies for whole episodes: demonstrations
@@ -125,9 +125,9 @@ class TrainConfig:
         if self.q_weight == 0 and self.bc_weight == 0:
             raise ConfigError("q_weight and bc_weight are both 0: the actor would learn nothing")
         if self.jump_start and self.guide == "none":
-            raise ConfigError("jump_start needs a guide (guide: pid or a guide model file)")
+            raise ConfigError("jump_start needs a guide (guide: pid, a PID gains file or a guide model file)")
         if self.bc_target == "guide" and self.guide == "none":
-            raise ConfigError("bc_target: guide needs a guide (guide: pid or a guide model file)")
+            raise ConfigError("bc_target: guide needs a guide (guide: pid, a PID gains file or a guide model file)")
         if not self.online and self.guide == "none":
             raise ConfigError("offline training learns from guide rollouts: set a guide")
         for key in ("iterations", "num_drones", "batch_size", "updates_per_iteration", "eval_every",

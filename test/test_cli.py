@@ -110,6 +110,23 @@ def test_eval_shipped_model_pid_and_bad_files(capsys, tmp_path):
     assert code == 2 and "bad.safetensors" in r["error"] and "corrupt or truncated" in r["error"]
 
 
+def test_a_pid_gains_file_is_a_controller_and_a_guide(capsys, tmp_path):
+    """'pid' is config/controllers/pid.yaml; any gains file names another PID, alone or as the guide."""
+    weak = "config/controllers/pid_weak.yaml"
+    _, pid = run_json(capsys, "eval", "pid", "--episodes", "8", "--starts", "paper")
+    code, alone = run_json(capsys, "eval", weak, "--episodes", "8", "--starts", "paper")
+    assert code == 0 and alone["guide"] == weak and alone["guide_warmup_steps"] == 0
+    assert alone["return_mean"] != pid["return_mean"]
+    model = "models/td3bc_jsrl_cf21.safetensors"
+    _, default = run_json(capsys, "eval", model, "--episodes", "8", "--starts", "paper")
+    code, guided = run_json(capsys, "eval", model, "--episodes", "8", "--starts", "paper", "--guide", weak)
+    assert code == 0 and guided["guide"] == weak and default["guide"] == "pid"
+    assert guided["return_mean"] != default["return_mean"]  # another guide flew the first 50 steps
+    (tmp_path / "gains.yaml").write_text("kp_xy: 1.0\nkp_typo: 2.0\n")
+    code, r = run_json(capsys, "eval", model, "--guide", str(tmp_path / "gains.yaml"))
+    assert code == 2 and "gains.yaml" in r["error"] and "kp_typo" in r["error"]
+
+
 def test_eval_compares_two_controllers_start_by_start(capsys):
     code, r = run_json(capsys, "eval", "models/td3bc_jsrl_cf21.safetensors", "--episodes", "20", "--starts", "paper",
                        "--compare", "pid")

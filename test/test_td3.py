@@ -394,6 +394,23 @@ def test_both_handover_paths_evaluate_the_same_flight(trainer):
     assert deployed == pytest.approx(env_level, nan_ok=True)  # an untrained actor: no survivor, no error
 
 
+def test_a_pid_gains_file_guides_training_and_its_evaluations(tmp_path):
+    from snn_controller.pid import load_pid_gains
+
+    from snn_controller import task as T
+    from snn_controller.evaluation import TorchActorRunner, flight_policy
+
+    weak = "config/controllers/pid_weak.yaml"
+    trainer = TD3Trainer(quick_config(**{**TINY, "guide": weak}), tmp_path / "weak")
+    assert trainer.guide.controller.gains == load_pid_gains(weak) != load_pid_gains()
+    # the run's evaluations hand over from the same PID (TD3Trainer.evaluate passes its guide)
+    policy = flight_policy(TorchActorRunner(trainer.actor, 4), T.TaskConfig(), 4, False, 50, weak)
+    assert policy.policy.guide.gains == load_pid_gains(weak)
+    (tmp_path / "gains.yaml").write_text("kp_xy: 1.0\n")  # the other gains missing
+    with pytest.raises(ConfigError, match="gains.yaml: missing key"):
+        TD3Trainer(quick_config(**{**TINY, "guide": str(tmp_path / "gains.yaml")}), tmp_path / "bad")
+
+
 def test_guide_demonstrations_fly_whole_episodes(trainer):
     """guide_demo_share: the guide flies the first drones for whole episodes, the actor the others."""
     trainer.config = replace(trainer.config, guide_demo_share=0.25)  # 2 of 8 drones
