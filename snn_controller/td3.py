@@ -88,7 +88,7 @@ class TrainConfig:
     # executed action (paper), or the guide's action at that state, recorded on every step (README)
     # --- TD3
     gamma: float = 0.99
-    n_step: int = 1  # critic targets over n rewards before bootstrapping (paper: 1; README)
+    n_step: int = 10  # critic targets over n rewards before bootstrapping (paper: 1; README says why 10)
     tau: float = 0.01
     policy_noise: float = 0.2
     noise_clip: float = 0.5
