@@ -213,7 +213,7 @@ def _evaluate(model: str, args) -> tuple[dict, str, int]:
         task = TaskConfig(drone=args.drone, start=args.starts, stage=args.stage)
         r = evaluate(make_guide(model, args.drone, args.episodes, task.dt), task, args.episodes,
                      engine=args.engine, seed=args.seed)
-        return r, args.drone, 0
+        return {**r, "guide": model}, args.drone, 0
     from .model_file import load_model
 
     _, manifest = load_model(model)
@@ -227,7 +227,7 @@ def cmd_eval(args) -> int:
     r, drone, warmup = _evaluate(args.model, args)
     r.update({"model": str(args.model), "drone": drone, "starts": args.starts, "stage": args.stage,
               "engine": args.engine, "seed": args.seed, "guide_warmup_steps": warmup,
-              "guide": args.model if warmup == 0 else args.guide})
+              "guide": r.get("guide", args.guide)})
     text = (f"{args.model} ({drone}) on {args.starts} starts, stage {args.stage}, {args.engine} engine, "
             f"{r['episodes']} episodes, guide ({r['guide']}) flies the first {warmup} steps:\n"
             f"  return {r['return_mean']:.1f} +- {r['return_std']:.1f}   survival {100 * r['survival_rate']:.1f} %\n"

@@ -105,6 +105,8 @@ def test_eval_shipped_model_pid_and_bad_files(capsys, tmp_path):
     code, r = run_json(capsys, "eval", "models/td3bc_jsrl_cf21.safetensors", "--episodes", "8", "--starts", "moderate",
                        "--guide", "models/guide_cf21.safetensors")
     assert code == 0 and r["guide"] == "models/guide_cf21.safetensors" and r["guide_warmup_steps"] == 50
+    code, r = run_json(capsys, "eval", "models/td3bc_jsrl_cf21.safetensors", "--episodes", "4", "--warmup-steps", "0")
+    assert code == 0 and r["guide"] == "pid" and r["guide_warmup_steps"] == 0
     code, r = run_json(capsys, "eval", "models/td3bc_jsrl_cf21.safetensors",
                        "--guide", str(tmp_path / "bad.safetensors"))
     assert code == 2 and "bad.safetensors" in r["error"] and "corrupt or truncated" in r["error"]
