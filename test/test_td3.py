@@ -394,18 +394,19 @@ def test_both_handover_paths_evaluate_the_same_flight(trainer):
     assert deployed == pytest.approx(env_level, nan_ok=True)  # an untrained actor: no survivor, no error
 
 
-def test_a_pid_gains_file_guides_training_and_its_evaluations(tmp_path):
+def test_a_pid_gains_file_guides_training_and_its_evaluations(tmp_path, monkeypatch):
+    import snn_controller.td3 as td3
     from snn_controller.pid import load_pid_gains
-
-    from snn_controller import task as T
-    from snn_controller.evaluation import TorchActorRunner, flight_policy
 
     weak = "config/controllers/pid_weak.yaml"
     trainer = TD3Trainer(quick_config(**{**TINY, "guide": weak}), tmp_path / "weak")
     assert trainer.guide.controller.gains == load_pid_gains(weak) != load_pid_gains()
-    # the run's evaluations hand over from the same PID (TD3Trainer.evaluate passes its guide)
-    policy = flight_policy(TorchActorRunner(trainer.actor, 4), T.TaskConfig(), 4, False, 50, weak)
-    assert policy.policy.guide.gains == load_pid_gains(weak)
+    # the run's evaluations hand over from the same PID
+    policies = []
+    original = td3.flight_policy
+    monkeypatch.setattr(td3, "flight_policy", lambda *a: policies.append(original(*a)) or policies[-1])
+    trainer.evaluate(episodes=2)
+    assert policies[0].policy.guide.gains == load_pid_gains(weak)
     (tmp_path / "gains.yaml").write_text("kp_xy: 1.0\n")  # the other gains missing
     with pytest.raises(ConfigError, match="gains.yaml: missing key"):
         TD3Trainer(quick_config(**{**TINY, "guide": str(tmp_path / "gains.yaml")}), tmp_path / "bad")
