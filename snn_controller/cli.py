@@ -201,26 +201,55 @@ def _monitor(runner, names, args) -> dict:
 
 
 # --- models ------------------------------------------------------------------------------------
+def _steps_range(text: str) -> tuple[int, int]:
+    """'N' or 'LO-HI' (control steps) as a range."""
+    try:
+        lo, _, hi = text.partition("-")
+        return int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or LO-HI (control steps), got {text!r}") from None
+
+
+def _conditions(args):
+    """The flight conditions of ``snnctl eval``: --randomize FILE, then --delay / --jitter /
+    --observation-delay on top."""
+    from dataclasses import replace
+
+    from .task import Conditions, load_conditions
+
+    conditions = load_conditions(args.randomize) if args.randomize else Conditions()
+    latency = conditions.latency
+    if args.delay is not None:
+        latency = replace(latency, action_delay=args.delay)
+    if args.jitter is not None:
+        latency = replace(latency, jitter=args.jitter)
+    if args.observation_delay is not None:
+        latency = replace(latency, observation_delay=args.observation_delay)
+    return replace(conditions, latency=type(latency)(**vars(latency)))  # validated again
+
+
 def _evaluate(model: str, args) -> tuple[dict, str, int]:
     """One ``snnctl eval`` run: (result, drone, steps the guide flies first)."""
+    from .config import to_dict
     from .task import TaskConfig
 
     from .evaluation import evaluate_model, make_guide, pid_gains
 
+    conditions = _conditions(args)
     if pid_gains(model) is not None:  # a PID guide alone ('pid' or a gains file), for comparison
         from .envs import evaluate
 
-        task = TaskConfig(drone=args.drone, start=args.starts, stage=args.stage)
+        task = TaskConfig(drone=args.drone, start=args.starts, stage=args.stage).under(conditions)
         r = evaluate(make_guide(model, args.drone, args.episodes, task.dt), task, args.episodes,
                      engine=args.engine, seed=args.seed)
-        return {**r, "guide": model}, args.drone, 0
+        return {**r, "guide": model, "conditions": to_dict(conditions)}, args.drone, 0
     from .model_file import load_model
 
     _, manifest = load_model(model)
     task = TaskConfig(drone=manifest["drone"], start=args.starts, stage=args.stage, dt=manifest["dt"])
-    r = evaluate_model(model, task, args.episodes, seed=args.seed, engine=args.engine,
+    r = evaluate_model(model, task.under(conditions), args.episodes, seed=args.seed, engine=args.engine,
                        warmup_steps=args.warmup_steps, guide=args.guide)
-    return r, manifest["drone"], args.warmup_steps
+    return {**r, "conditions": to_dict(conditions)}, manifest["drone"], args.warmup_steps
 
 
 def cmd_eval(args) -> int:
@@ -233,6 +262,10 @@ def cmd_eval(args) -> int:
             f"  return {r['return_mean']:.1f} +- {r['return_std']:.1f}   survival {100 * r['survival_rate']:.1f} %\n"
             f"  position error (last half) {100 * r['position_error_mean']:.2f} cm   "
             f"action deviation {r['action_deviation_mean']:.3f}")
+    lat = r["conditions"]["latency"]
+    if lat != {"action_delay": [0, 0], "jitter": 0.0, "observation_delay": [0, 0]} or args.randomize:
+        text += (f"\n  latency: action delay {lat['action_delay']} steps, jitter {lat['jitter']}, observation delay "
+                 f"{lat['observation_delay']} steps" + (f"; randomisation from {args.randomize}" if args.randomize else ""))
     if "spikes_per_step" in r:
         text += f"\n  spikes per step per layer {r['spikes_per_step']}"
     if args.compare:  # the same starts (same seed), start by start
@@ -328,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guide", default="pid", help="the guide of the warm-up: 'pid', a PID gains file (.yaml) or a guide ANN model file")
     p.add_argument("--compare", default=None, metavar="MODEL",
                    help="also fly MODEL (as the model argument) on the same starts: which starts each loses")
+    p.add_argument("--delay", type=_steps_range, default=None, metavar="N|LO-HI",
+                   help="action delay in control steps, fixed or drawn per episode (default: none, or --randomize's)")
+    p.add_argument("--jitter", type=float, default=None, help="probability of one more step of delay per command")
+    p.add_argument("--observation-delay", type=_steps_range, default=None, metavar="N|LO-HI",
+                   help="observation delay in control steps")
+    p.add_argument("--randomize", default=None, metavar="FILE",
+                   help="flight conditions file (config/conditions/*.yaml): latency and domain randomisation")
 
     p = add(sub, "train", cmd_train, "train a controller (TD3BC+JSRL or a baseline) from a config")
     p.add_argument("--config", default="config/train/td3bc_jsrl.yaml")

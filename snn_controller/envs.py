@@ -2,7 +2,9 @@
 
 :class:`FlightEnv` steps N drones with per-drone episodes on the batched engine (training)
 or the pybullet engine (reference): both share every line of task logic and draw the same
-random numbers for the same seed, so they differ only in the physics. :class:`CrazyflieEnv`
+random numbers for the same seed, so they differ only in the physics. Latency (action and
+observation delay, jitter) and domain randomisation (``config.latency``, ``config.randomization``)
+are applied here, above the engines, so both engines fly under identical conditions. :class:`CrazyflieEnv`
 is the single-drone Gymnasium environment (numpy in, numpy out) on top of it.
 """
 
@@ -27,6 +29,11 @@ class Observation:
     actor: torch.Tensor  # (N, 18) noisy actor observation
     privileged: torch.Tensor  # (N, 146) noisy 18 + last 32 actions: the guide's input
     critic: torch.Tensor  # (N, 146) true 18 + last 32 actions: the critics' input
+
+
+# The latency and randomisation draws have a generator of their own, so the starts and the noise of
+# a seed are the same with and without them.
+DOMAIN_SEED_OFFSET = 7_919
 
 
 class FlightEnv:
@@ -71,8 +78,72 @@ class FlightEnv:
         self.steps = torch.zeros(n, dtype=torch.long)
         self.active = torch.ones(n, dtype=torch.bool)
         self.history = torch.full((n, T.HISTORY, 4), self.hover_action, dtype=dtype)
+        self._init_domain(seed)
         self._stats = {k: torch.zeros(n, dtype=torch.float64) for k in
                        ("return", "late_error", "late_steps", "action_dev")}
+
+    # --- latency and domain randomisation ---------------------------------------------------
+    def _init_domain(self, seed: int | None) -> None:
+        latency, n = self.config.latency, self.n
+        self.domain_generator = torch.Generator().manual_seed(DOMAIN_SEED_OFFSET + (seed or 0))
+        self.action_delay = torch.zeros(n, dtype=torch.long)  # steps, this episode's
+        self.observation_delay = torch.zeros(n, dtype=torch.long)
+        self.noise_scale = torch.ones(n, 1, dtype=torch.float64)
+        self.observation_bias = torch.zeros(n, T.OBS_DIM, dtype=torch.float64)
+        # Commands in flight, newest first: slot j was sent j steps ago; ``_late``: jittered ones.
+        slots = latency.max_action_delay + 1
+        self._sent = torch.full((n, slots, 4), self.hover_action, dtype=self.dtype)
+        self._late = torch.zeros(n, slots, dtype=torch.long)
+        # True observations (absolute position) of the last steps, newest first, for observation delay.
+        self._observed = None
+        if latency.observation_delay[1] > 0:
+            self._observed = torch.zeros(n, latency.observation_delay[1] + 1, T.OBS_DIM, dtype=torch.float64)
+        r = self.config.randomization
+        self._scales_dynamics = any(getattr(r, k) != (1.0, 1.0) for k in
+                                    ("mass", "inertia", "thrust", "motor_time_constant"))
+
+    def _draw_domain(self, idx: torch.Tensor) -> None:
+        """This episode's delays, physics scales, noise scale and bias for drones ``idx``."""
+        g, n = self.domain_generator, self.n
+        lat, r = self.config.latency, self.config.randomization
+        uniform = lambda lo_hi: lo_hi[0] + (lo_hi[1] - lo_hi[0]) * torch.rand(n, generator=g, dtype=torch.float64)  # noqa: E731
+        integers = lambda lo_hi: torch.randint(lo_hi[0], lo_hi[1] + 1, (n,), generator=g)  # noqa: E731
+        self.action_delay[idx] = integers(lat.action_delay)[idx]
+        self.observation_delay[idx] = integers(lat.observation_delay)[idx]
+        scales = [uniform(getattr(r, k))[idx] for k in ("mass", "inertia", "thrust", "motor_time_constant")]
+        self.noise_scale[idx, 0] = uniform(r.noise)[idx]
+        bias = torch.zeros(T.OBS_DIM, dtype=torch.float64)  # the rotation matrix gets none
+        bias[0:3], bias[12:15], bias[15:18] = r.position_bias, r.velocity_bias, r.angular_velocity_bias
+        self.observation_bias[idx] = ((2 * torch.rand(n, T.OBS_DIM, generator=g, dtype=torch.float64) - 1) * bias)[idx]
+        if self._scales_dynamics:
+            self.engine.scale_dynamics(*scales, index=idx)
+        self._sent[idx] = self.hover_action
+        self._late[idx] = 0
+
+    def _deliver(self, action: torch.Tensor) -> torch.Tensor:
+        """The commands the motors run this step: the newest that has arrived (``action`` was sent now)."""
+        lat = self.config.latency
+        if lat.max_action_delay == 0:
+            return action
+        self._sent = torch.cat([action[:, None], self._sent[:, :-1]], 1)
+        late = (torch.rand(self.n, generator=self.domain_generator) < lat.jitter).long() if lat.jitter > 0 \
+            else torch.zeros(self.n, dtype=torch.long)
+        self._late = torch.cat([late[:, None], self._late[:, :-1]], 1)
+        age = torch.arange(self._sent.shape[1])[None]
+        arrived = age >= self.action_delay[:, None] + self._late  # the oldest slot has always arrived
+        newest = arrived.to(torch.uint8).argmax(1)
+        return self._sent[torch.arange(self.n), newest]
+
+    def _record_observed(self, state: DroneState, idx: torch.Tensor | None = None) -> None:
+        """Push this step's true observation (absolute position) into the delay line; ``idx``: drones
+        that were just reset, whose whole line is filled with their new state."""
+        if self._observed is None:
+            return
+        absolute = T.observation(state.to(torch.float64), torch.zeros(self.n, 3, dtype=torch.float64))
+        if idx is None:
+            self._observed = torch.cat([absolute[:, None], self._observed[:, :-1]], 1)
+        else:
+            self._observed[idx] = absolute[idx, None]
 
     # --- helpers ------------------------------------------------------------------------
     @property
@@ -86,8 +157,12 @@ class FlightEnv:
     def _observe(self, state: DroneState) -> Observation:
         target_p, _ = self._target(self.steps)
         true = T.observation(state.to(torch.float64), target_p)
+        seen = true
+        if self._observed is not None:  # the state observation_delay steps ago, against today's target
+            seen = self._observed[torch.arange(self.n), self.observation_delay].clone()
+            seen[:, :3] -= target_p
         noise = torch.randn(true.shape, generator=self.generator, dtype=torch.float64) * self.noise_std
-        noisy = (true + noise).to(self.dtype)
+        noisy = (seen + noise * self.noise_scale + self.observation_bias).to(self.dtype)
         hist = self.history.reshape(self.n, -1)
         return Observation(actor=noisy, privileged=torch.cat([noisy, hist], -1),
                            critic=torch.cat([true.to(self.dtype), hist], -1))
@@ -101,6 +176,8 @@ class FlightEnv:
         start = T.sample_start(self.config.start_distribution, self.n, target_p, self.model.hover_rotor_speed,
                                self.generator)
         self.engine.reset(start.select(idx), idx)
+        self._draw_domain(idx)
+        self._record_observed(self.engine.state, idx)
         self.history[idx] = self.hover_action
         self.active[idx] = True
         for v in self._stats.values():
@@ -120,7 +197,8 @@ class FlightEnv:
             raise ValueError(f"action must have shape ({self.n}, 4), got {tuple(action.shape)}")
         if not torch.isfinite(action).all():
             raise ValueError("action contains NaN or inf")
-        state = self.engine.step(action)
+        state = self.engine.step(self._deliver(action))
+        self._record_observed(state)
         self.steps += 1
         self.history = torch.cat([self.history[:, 1:], action[:, None]], 1)
         s64 = state.to(torch.float64)

@@ -62,11 +62,13 @@ class EnvGuidedPolicy(GuidedPolicy):
     def __call__(self, obs):
         if self.steps is None:
             self.steps = np.zeros(len(obs.actor), dtype=np.int64)
+            self.network_flew = np.zeros(len(obs.actor), dtype=bool)
         network_flying = torch.as_tensor(self.network_flying())
         net = torch.as_tensor(self.network.step(obs.actor.double().numpy()), dtype=obs.actor.dtype)
-        guide = self.guide(obs)
         self.steps += 1
-        return torch.where(network_flying[:, None], net, guide)
+        if network_flying.all():  # the guide is not needed (nor computed) once the network flies
+            return net
+        return torch.where(network_flying[:, None], net, self.guide(obs))
 
 
 def pid_gains(spec: str) -> PIDGains | None:

@@ -12,7 +12,9 @@ import numpy as np
 class GuidedPolicy:
     """The paper's handover applied to flight: the guide flies the first ``warmup_steps`` of each
     episode while the network runs on the same observations (so its membrane state is warm),
-    then the network flies.
+    then the network flies. The guide is computed only on steps where some drone needs it, and a
+    drone the network flew is handed back to a freshly reset guide (its integrators and observer
+    would otherwise hold whatever they saw when it last flew).
 
     ``network``: an object with ``step(obs) -> actions`` and ``reset(mask=None)``;
     ``guide``: a callable ``guide(obs) -> actions`` with ``reset(mask=None)`` (the PID controller).
@@ -23,14 +25,17 @@ class GuidedPolicy:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         self.network, self.guide, self.warmup_steps = network, guide, warmup_steps
         self.steps = None
+        self.network_flew = None  # (N,) bool: the network flew the drone on the last step
 
     def reset(self, mask=None) -> None:
         self.network.reset(mask)
         self.guide.reset(mask)
         if mask is None or self.steps is None:
-            self.steps = None
+            self.steps = self.network_flew = None
         else:
-            self.steps[np.asarray(mask, dtype=bool)] = 0
+            mask = np.asarray(mask, dtype=bool)
+            self.steps[mask] = 0
+            self.network_flew[mask] = False
 
     def network_flying(self) -> np.ndarray:
         return self.steps >= self.warmup_steps
@@ -40,10 +45,16 @@ class GuidedPolicy:
         obs = np.asarray(obs, dtype=np.float64)
         if self.steps is None:
             self.steps = np.zeros(len(obs), dtype=np.int64)
+            self.network_flew = np.zeros(len(obs), dtype=bool)
         net = self.network.step(obs)
-        guide = self.guide(obs, **guide_kwargs)
         network = self.network_flying() if guide_only is None else self.network_flying() & ~guide_only
-        action = np.where(network[:, None], net, guide)
+        action = net
+        if not network.all():
+            takeover = ~network & self.network_flew
+            if takeover.any():
+                self.guide.reset(takeover)
+            action = np.where(network[:, None], net, self.guide(obs, **guide_kwargs))
+        self.network_flew = network
         self.steps += 1
         return action
 

@@ -83,6 +83,73 @@ STARTS = {
 }
 
 
+def _check_range(name: str, lo_hi: tuple, minimum: float = 0.0) -> None:
+    lo, hi = lo_hi
+    if not minimum <= lo <= hi:
+        raise ConfigError(f"{name} must be a range [lo, hi] with {minimum:g} <= lo <= hi, got {list(lo_hi)}")
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Control-loop latency in control steps, drawn per drone and episode.
+
+    The policy answers the observation of step t; its command reaches the motors at step
+    t + action_delay (held until a newer command arrives). With ``jitter`` each command is one
+    step later still with that probability, and the motors run the newest command that has
+    arrived, as a real link does. ``observation_delay``: the observed state is that many steps
+    old (an estimator or motion-capture lag); reward and termination use the true state.
+    """
+
+    action_delay: tuple[int, int] = (0, 0)  # [lo, hi] steps, uniform per episode
+    jitter: float = 0.0  # probability of one extra step of delay per command
+    observation_delay: tuple[int, int] = (0, 0)  # [lo, hi] steps, uniform per episode
+
+    def __post_init__(self):
+        _check_range("latency.action_delay", self.action_delay)
+        _check_range("latency.observation_delay", self.observation_delay)
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ConfigError(f"latency.jitter must be a probability in [0, 1], got {self.jitter}")
+
+    @property
+    def max_action_delay(self) -> int:
+        return self.action_delay[1] + (1 if self.jitter > 0 else 0)
+
+
+@dataclass(frozen=True)
+class Randomization:
+    """Domain randomisation, drawn per drone and episode: physics scales U(lo, hi) (1 = the drone
+    file's value) and observation noise and bias (actor and guide inputs only)."""
+
+    mass: tuple[float, float] = (1.0, 1.0)  # scale of the mass
+    inertia: tuple[float, float] = (1.0, 1.0)  # scale of all three inertia entries
+    thrust: tuple[float, float] = (1.0, 1.0)  # scale of every rotor's thrust (and yaw torque)
+    motor_time_constant: tuple[float, float] = (1.0, 1.0)  # scale of the motor lag
+    noise: tuple[float, float] = (1.0, 1.0)  # scale of the observation noise std
+    position_bias: float = 0.0  # m, constant offset U(-b, b) per axis on the observed position
+    velocity_bias: float = 0.0  # m/s, on the observed velocity
+    angular_velocity_bias: float = 0.0  # rad/s, on the observed body rates
+
+    def __post_init__(self):
+        for key in ("mass", "inertia", "thrust", "motor_time_constant"):
+            _check_range(f"randomization.{key}", getattr(self, key), minimum=1e-3)
+        _check_range("randomization.noise", self.noise)
+        for key in ("position_bias", "velocity_bias", "angular_velocity_bias"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"randomization.{key} must be >= 0, got {getattr(self, key)}")
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """A file of flight conditions (config/conditions/*.yaml): latency and domain randomisation."""
+
+    latency: Latency = field(default_factory=Latency)
+    randomization: Randomization = field(default_factory=Randomization)
+
+
+def load_conditions(path) -> Conditions:
+    return build(Conditions, load_yaml(path), str(path))
+
+
 @dataclass(frozen=True)
 class TargetConfig:
     """Where the drone should be, as a function of episode time (world frame)."""
@@ -120,6 +187,8 @@ class TaskConfig:
     hover_action: float | None = None
     termination_distance: float = 0.6  # m, crash when any |position error component| exceeds it
     target: TargetConfig = field(default_factory=TargetConfig)
+    latency: Latency = field(default_factory=Latency)
+    randomization: Randomization = field(default_factory=Randomization)
 
     def __post_init__(self):
         if self.start not in STARTS:
@@ -134,6 +203,10 @@ class TaskConfig:
 
     def with_options(self, **changes) -> "TaskConfig":
         return replace(self, **changes)
+
+    def under(self, conditions: Conditions) -> "TaskConfig":
+        """The same task flown under other latency and randomisation."""
+        return replace(self, latency=conditions.latency, randomization=conditions.randomization)
 
 
 def load_task_config(path) -> TaskConfig:

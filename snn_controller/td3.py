@@ -19,7 +19,8 @@ One iteration, top to bottom as in the paper:
         (a_bc: the executed action as in the paper, or the guide's action at s)
         and the target networks move by tau
     lambda_BC <- lambda_BC * decay
-    evaluate (guide flies the first 50 steps, final curriculum stage) -> adaptive slope;
+    evaluate (guide flies the first 50 steps, final curriculum stage, the run's latency and
+             randomisation) -> adaptive slope;
              best.safetensors = the best evaluation return on ``select_starts``
 
 Baselines are flags of the same harness (config/train/*.yaml): BC (offline, alpha = 0),
@@ -102,6 +103,9 @@ class TrainConfig:
     window: int = 100  # L
     stride: int = 25
     buffer_steps: int = 1_000_000
+    # --- flight conditions of rollouts and evaluations (config/conditions/*.yaml holds the same two keys)
+    latency: T.Latency = field(default_factory=T.Latency)  # action / observation delay and jitter, per episode
+    randomization: T.Randomization = field(default_factory=T.Randomization)  # physics scales, noise, bias
     # --- schedules
     slope: SlopeSchedule = field(default_factory=SlopeSchedule)
     curriculum: bool = True  # False: always the final stage
@@ -183,7 +187,7 @@ class TD3Trainer:
                   "terminated": (), "next_obs": (obs_dim,), "next_critic_obs": (T.PRIVILEGED_OBS_DIM,)}
         if c.bc_target == "guide":
             fields["guide_action"] = (4,)
-        self.task = T.TaskConfig(drone=c.drone, start=c.starts)
+        self.task = T.TaskConfig(drone=c.drone, start=c.starts, latency=c.latency, randomization=c.randomization)
         # a crashed episode is kept once it outlasts the warm-up: then the actor has a step to learn on
         self.buffer = SequenceBuffer(c.buffer_steps, self.task.episode_steps, fields, c.window, c.stride,
                                      min_steps=c.warmup_steps + 1)
@@ -327,7 +331,8 @@ class TD3Trainer:
         warm-up steps, then the actor."""
         c = self.config
         n = episodes or c.eval_episodes
-        task = T.TaskConfig(drone=c.drone, start=starts or c.eval_starts,
+        task = T.TaskConfig(drone=c.drone, start=starts or c.eval_starts, latency=c.latency,
+                            randomization=c.randomization,
                             stage=self.task.curriculum.stages - 1 if stage is None else stage)
         guide = "pid" if c.guide == "none" else c.guide
         policy = flight_policy(TorchActorRunner(self.actor, n), task, n, c.privileged_actor, c.warmup_steps, guide)
@@ -459,8 +464,9 @@ class TD3Trainer:
         except Exception as exc:  # a corrupt checkpoint must say so, not start over silently
             raise ConfigError(f"{path}: cannot read the checkpoint ({exc})") from None
         saved = state["config"]
-        current = to_dict(self.config)
-        differing = sorted(k for k in current if saved.get(k) != current[k])
+        current, defaults = to_dict(self.config), to_dict(TrainConfig())
+        # a key the checkpoint predates held its default then
+        differing = sorted(k for k in current if saved.get(k, defaults[k]) != current[k])
         if differing:
             raise ConfigError(f"{path}: the checkpoint was written with a different config ({differing}); "
                               "resume with the same config or start a new run directory")

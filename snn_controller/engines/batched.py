@@ -9,6 +9,9 @@ Equations of motion (world frame z-up, body rates in the body frame, task.md):
     I omega' = tau - omega x I omega,   tau = sum r_i x (0, 0, T_i) + (0, 0, sum d_i k_tau T_i)
     w'    = (w_cmd - w) / tau_m                           (w = w_cmd at once when tau_m = 0)
 
+with per-drone scales of m, I, T_i (and the yaw torque with it) and tau_m for domain randomisation
+(:meth:`BatchedEngine.scale_dynamics`; 1 = the drone file's values),
+
 integrated with one RK4 (or Euler) step per ``dt`` (``substeps`` splits it), quaternion
 renormalised after each step, as in L2F.
 """
@@ -61,9 +64,11 @@ def _constants(model: DroneModel, dtype, ground_effect: bool, drag: bool) -> _Co
     )
 
 
-def _derivative(c: _Constants, p, q, v, omega, w, w_cmd):
-    """Time derivative of the state (p, q, v, omega, w) under rotor command w_cmd."""
-    thrust = c.thrust_c[0] + w * (c.thrust_c[1] + w * c.thrust_c[2])  # (N, 4)
+def _derivative(c: _Constants, s: tuple, p, q, v, omega, w, w_cmd):
+    """Time derivative of the state (p, q, v, omega, w) under rotor command w_cmd; ``s`` holds the
+    per-drone scales (mass, inertia, thrust, motor time constant), each (N, 1)."""
+    mass_s, inertia_s, thrust_s, tau_s = s
+    thrust = (c.thrust_c[0] + w * (c.thrust_c[1] + w * c.thrust_c[2])) * thrust_s  # (N, 4)
     qw, qx, qy, qz = q.unbind(-1)
     if c.ground_effect is not None:
         coeff, radius, clip = c.ground_effect
@@ -76,13 +81,14 @@ def _derivative(c: _Constants, p, q, v, omega, w, w_cmd):
     torque = thrust @ c.torque_map
     # body z axis in world coordinates = third column of R(q)
     body_z = torch.stack([2 * (qx * qz + qw * qy), 2 * (qy * qz - qw * qx), 1 - 2 * (qx * qx + qy * qy)], -1)
-    accel = body_z * (collective / c.mass)[:, None]
+    mass = c.mass * mass_s  # (N, 1)
+    accel = body_z * collective[:, None] / mass
     accel = accel - torch.tensor([0.0, 0.0, c.gravity], dtype=p.dtype)
     if c.drag is not None:
         rot = quaternion_to_matrix(q)
         v_body = (rot.transpose(-1, -2) @ v[..., None])[..., 0]
         drag_body = -c.drag * w.sum(-1, keepdim=True) * v_body
-        accel = accel + (rot @ drag_body[..., None])[..., 0] / c.mass
+        accel = accel + (rot @ drag_body[..., None])[..., 0] / mass
     wx, wy, wz = omega.unbind(-1)
     dq = 0.5 * torch.stack([
         -qx * wx - qy * wy - qz * wz,
@@ -90,32 +96,32 @@ def _derivative(c: _Constants, p, q, v, omega, w, w_cmd):
         qw * wy - qx * wz + qz * wx,
         qw * wz + qx * wy - qy * wx,
     ], -1)
-    i_omega = omega * c.inertia
-    domega = (torque - torch.linalg.cross(omega, i_omega)) / c.inertia
-    dw = (w_cmd - w) / c.motor_tau if c.motor_tau > 0 else torch.zeros_like(w)
+    inertia = c.inertia * inertia_s  # (N, 3)
+    domega = (torque - torch.linalg.cross(omega, omega * inertia)) / inertia
+    dw = (w_cmd - w) / (c.motor_tau * tau_s) if c.motor_tau > 0 else torch.zeros_like(w)
     return v, dq, accel, domega, dw
 
 
-def _rk4(c: _Constants, dt: float, x, w_cmd):
-    k1 = _derivative(c, *x, w_cmd)
-    k2 = _derivative(c, *(a + 0.5 * dt * b for a, b in zip(x, k1)), w_cmd)
-    k3 = _derivative(c, *(a + 0.5 * dt * b for a, b in zip(x, k2)), w_cmd)
-    k4 = _derivative(c, *(a + dt * b for a, b in zip(x, k3)), w_cmd)
+def _rk4(c: _Constants, s: tuple, dt: float, x, w_cmd):
+    k1 = _derivative(c, s, *x, w_cmd)
+    k2 = _derivative(c, s, *(a + 0.5 * dt * b for a, b in zip(x, k1)), w_cmd)
+    k3 = _derivative(c, s, *(a + 0.5 * dt * b for a, b in zip(x, k2)), w_cmd)
+    k4 = _derivative(c, s, *(a + dt * b for a, b in zip(x, k3)), w_cmd)
     return tuple(a + dt / 6 * (b1 + 2 * b2 + 2 * b3 + b4) for a, b1, b2, b3, b4 in zip(x, k1, k2, k3, k4))
 
 
-def _euler(c: _Constants, dt: float, x, w_cmd):
-    return tuple(a + dt * b for a, b in zip(x, _derivative(c, *x, w_cmd)))
+def _euler(c: _Constants, s: tuple, dt: float, x, w_cmd):
+    return tuple(a + dt * b for a, b in zip(x, _derivative(c, s, *x, w_cmd)))
 
 
-def _step(c: _Constants, dt: float, substeps: int, integrator: str, p, q, v, omega, w, action):
+def _step(c: _Constants, s: tuple, dt: float, substeps: int, integrator: str, p, q, v, omega, w, action):
     w_cmd = ((action + 1) * 0.5).clamp(0.0, 1.0)
     if c.motor_tau <= 0:
         w = w_cmd  # no lag: rotors follow the command at once (gym-pybullet-drones)
     x = (p, q, v, omega, w)
     h = dt / substeps
     for _ in range(substeps):
-        x = (_rk4 if integrator == "rk4" else _euler)(c, h, x, w_cmd)
+        x = (_rk4 if integrator == "rk4" else _euler)(c, s, h, x, w_cmd)
         p, q, v, omega, w = x
         x = (p, q / q.norm(dim=-1, keepdim=True), v, omega, w.clamp(0.0, 1.0))
     return x
@@ -151,8 +157,18 @@ class BatchedEngine:
         if compile:
             self._step_fn = torch.compile(_step, dynamic=False, fullgraph=True)
         self.state = DroneState.hover(n, model, dtype=dtype)
+        self.scales = tuple(torch.ones(n, 1, dtype=dtype) for _ in range(4))
         self.time = 0.0
 
+    def scale_dynamics(self, mass, inertia, thrust, motor_time_constant, index=None) -> None:
+        """Per-drone scales (k,) of mass, inertia, rotor thrust and motor time constant, for all
+        drones or those selected by ``index`` (domain randomisation; 1 = the drone file)."""
+        for scale, value in zip(self.scales, (mass, inertia, thrust, motor_time_constant)):
+            value = torch.as_tensor(value, dtype=self.dtype).reshape(-1, 1)
+            if index is None:
+                scale[:] = value
+            else:
+                scale[index] = value
     def reset(self, state: DroneState, index=None) -> DroneState:
         """Set the state of all drones, or of those selected by ``index`` (mask or indices)."""
         if index is None:
@@ -170,7 +186,7 @@ class BatchedEngine:
         if action.shape != (self.n, 4):
             raise ValueError(f"action must have shape ({self.n}, 4), got {tuple(action.shape)}")
         s = self.state
-        out = self._step_fn(self._c, self.dt, self.substeps, self.integrator, *s.tensors(), action.to(self.dtype))
+        out = self._step_fn(self._c, self.scales, self.dt, self.substeps, self.integrator, *s.tensors(), action.to(self.dtype))
         self.state = DroneState(*out)
         self.time += self.dt
         return self.state

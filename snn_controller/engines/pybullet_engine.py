@@ -94,8 +94,21 @@ class PybulletEngine:
         self._rotors = np.array(model.rotor_positions)
         self._dirs = np.array(model.rotor_directions)
         self._rotor_speed = np.full((n, 4), model.hover_rotor_speed)
+        self._thrust_scale = np.ones((n, 1))
+        self._motor_tau = np.full((n, 1), model.motor_time_constant)
         self.time = 0.0
 
+    def scale_dynamics(self, mass, inertia, thrust, motor_time_constant, index=None) -> None:
+        """Per-drone scales (k,) of mass, inertia, rotor thrust and motor time constant, for all
+        drones or those selected by ``index`` (domain randomisation; 1 = the drone file)."""
+        ids = np.arange(self.n) if index is None else np.atleast_1d(np.arange(self.n)[np.asarray(index)])
+        mass, inertia, thrust, tau = (np.broadcast_to(np.asarray(v, dtype=np.float64).reshape(-1), ids.shape)
+                                      for v in (mass, inertia, thrust, motor_time_constant))
+        for k, i in enumerate(ids):
+            self.client.changeDynamics(self.bodies[i], -1, mass=self.model.mass * mass[k],
+                                       localInertiaDiagonal=list(np.array(self.model.inertia) * inertia[k]))
+        self._thrust_scale[ids, 0] = thrust
+        self._motor_tau[ids, 0] = self.model.motor_time_constant * tau
     # --- state ---------------------------------------------------------------------
     @property
     def state(self) -> DroneState:
@@ -140,13 +153,14 @@ class PybulletEngine:
             raise ValueError(f"action must have shape ({self.n}, 4), got {action.shape}")
         w_cmd = np.clip((action + 1) * 0.5, 0.0, 1.0)
         h = self.dt / self.substeps
-        tau = self.model.motor_time_constant
-        blend = 1.0 - math.exp(-h / tau) if tau > 0 else 1.0
+        tau = self._motor_tau  # (N, 1)
+        lag = self.model.motor_time_constant > 0
+        blend = 1.0 - np.exp(-h / tau) if lag else 1.0
         for _ in range(self.substeps):
             w_start = self._rotor_speed
             w_end = w_start + (w_cmd - w_start) * blend
             # The exact mean of w over the substep keeps the impulse of each rotor right.
-            self._apply_rotor_forces(w_end if tau <= 0 else self._mean_speed(w_start, w_cmd, h, tau))
+            self._apply_rotor_forces(self._mean_speed(w_start, w_cmd, h, tau) if lag else w_end)
             self.client.stepSimulation()
             self._rotor_speed = w_end
         self.time += self.dt
@@ -155,12 +169,12 @@ class PybulletEngine:
     @staticmethod
     def _mean_speed(w0, w_cmd, h, tau):
         # mean over [0, h] of w(t) = w_cmd + (w0 - w_cmd) exp(-t / tau)
-        return w_cmd + (w0 - w_cmd) * tau / h * (1 - math.exp(-h / tau))
+        return w_cmd + (w0 - w_cmd) * tau / h * (1 - np.exp(-h / tau))
 
     def _apply_rotor_forces(self, w: np.ndarray) -> None:
         c, m = self.client, self.model
         c0, c1, c2 = m.thrust_coefficients
-        thrust = c0 + c1 * w + c2 * w * w  # (N, 4)
+        thrust = (c0 + c1 * w + c2 * w * w) * self._thrust_scale  # (N, 4)
         for i, body in enumerate(self.bodies):
             pos, quat = c.getBasePositionAndOrientation(body)
             rot = np.array(c.getMatrixFromQuaternion(quat)).reshape(3, 3)
