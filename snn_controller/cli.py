@@ -187,12 +187,7 @@ def _monitor(runner, names, args) -> dict:
             executor.spin_once(timeout_sec=0.05)
             if time.monotonic() >= next_print and not args.json:
                 next_print += 1.0
-                cells = []
-                for name in names:
-                    row = node.latest(name)
-                    cells.append(f"{name} " + ("waiting" if row is None else
-                                               f"t={row[0]:5.1f}s pos=({row[1]:+.2f},{row[2]:+.2f},{row[3]:+.2f})"))
-                print(" | ".join(cells), flush=True)
+                print(node.status_line(), flush=True)
         return node.summary()
     finally:
         executor.shutdown()
@@ -252,7 +247,27 @@ def _evaluate(model: str, args) -> tuple[dict, str, int]:
     return {**r, "conditions": to_dict(conditions)}, manifest["drone"], args.warmup_steps
 
 
+def cmd_eval_mission(args) -> int:
+    from .config import to_dict
+    from .evaluation import deployed_controller, pid_gains
+    from .mission import fly_mission, format_metrics, load_mission
+    from .model_file import load_model
+    from .task import TaskConfig
+
+    mission = load_mission(args.mission)
+    drone = args.drone if pid_gains(args.model) is not None else load_model(args.model)[1]["drone"]
+    conditions = _conditions(args)
+    task = TaskConfig(drone=drone, stage=args.stage).under(conditions)
+    controller = deployed_controller(args.model, drone, args.episodes, task.dt, args.warmup_steps, args.guide)
+    r = fly_mission(mission, controller, task, drones=args.episodes, engine=args.engine, seed=args.seed)
+    r.update(model=str(args.model), drone=drone, conditions=to_dict(conditions), guide=args.guide)
+    _emit(args, r, f"{args.model} ({drone}), {args.engine} engine, seed {args.seed}:\n" + format_metrics(r))
+    return 0
+
+
 def cmd_eval(args) -> int:
+    if args.mission:
+        return cmd_eval_mission(args)
     r, drone, warmup = _evaluate(args.model, args)
     r.update({"model": str(args.model), "drone": drone, "starts": args.starts, "stage": args.stage,
               "engine": args.engine, "seed": args.seed, "guide_warmup_steps": warmup,
@@ -366,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jitter", type=float, default=None, help="probability of one more step of delay per command")
     p.add_argument("--observation-delay", type=_steps_range, default=None, metavar="N|LO-HI",
                    help="observation delay in control steps")
+    p.add_argument("--mission", default=None, metavar="FILE",
+                   help="fly a mission (config/missions/*.yaml, or its name) from the ground; --episodes drones")
     p.add_argument("--randomize", default=None, metavar="FILE",
                    help="flight conditions file (config/conditions/*.yaml): latency and domain randomisation")
 

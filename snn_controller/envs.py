@@ -48,6 +48,8 @@ class FlightEnv:
             drone is frozen (its reward is 0 and ``active`` is False) until :meth:`reset`.
         dtype: float32 or float64 for the batched engine (pybullet is always float64).
         engine_options: passed to the engine (substeps, gui, compile, ground_effect, drag, ...).
+        target_fn: ``(t (N,) [s]) -> (position (N, 3), velocity (N, 3))`` replaces ``config.target``
+            (a mission's goals).
 
     ``step`` returns ``(obs, reward, terminated, truncated, info)``; ``info["episodes"]`` lists the
     statistics of episodes that ended in this step (see :meth:`_episode_stats`), and with
@@ -55,8 +57,10 @@ class FlightEnv:
     """
 
     def __init__(self, config: T.TaskConfig, n: int = 1, engine: str = "batched", seed: int | None = None,
-                 autoreset: bool = True, dtype: torch.dtype = torch.float32, engine_options: dict | None = None):
+                 autoreset: bool = True, dtype: torch.dtype = torch.float32, engine_options: dict | None = None,
+                 target_fn=None):
         self.config, self.n, self.autoreset = config, n, autoreset
+        self.target_fn = target_fn or (lambda t: T.target_at(config.target, t))
         self.model = load_drone(config.drone)
         self.hover_action = self.model.hover_action if config.hover_action is None else config.hover_action
         options = dict(engine_options or {})
@@ -151,7 +155,7 @@ class FlightEnv:
         return self.config.curriculum.weights(self.stage)
 
     def _target(self, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        p, v = T.target_at(self.config.target, steps.to(torch.float64) * self.config.dt)
+        p, v = self.target_fn(steps.to(torch.float64) * self.config.dt)
         return p + self.origin, v
 
     def _observe(self, state: DroneState) -> Observation:

@@ -19,7 +19,7 @@ from .envs import evaluate
 from .model_file import load_model
 from .networks import MLPActor
 from .pid import PIDController, PIDGains, PIDPolicy, load_pid_gains
-from .policy import EnvPolicy, GuidedPolicy
+from .policy import EnvPolicy, GuidedPolicy, GuideOnly, SupervisedPolicy
 from .snn_numpy import NumpySpikingActor
 
 
@@ -135,3 +135,23 @@ def evaluate_model(path, task: T.TaskConfig, episodes: int, seed: int = 0, engin
     if isinstance(network, NumpySpikingActor):
         result["spikes_per_step"] = [round(x, 2) for x in network.spikes_per_step()]
     return result
+
+
+def deployed_controller(spec: str, drone: str, n: int, dt: float, warmup_steps: int = 50, guide: str = "pid",
+                        envelope: float = 0.5):
+    """What the snn_policy node flies, for ``n`` drones: a model file with its PID guide and failsafe
+    (:class:`SupervisedPolicy`), or a PID alone (``"pid"`` or a gains file)."""
+    gains = pid_gains(spec)
+    if gains is not None:
+        return GuideOnly(PIDController(load_drone(drone), n, dt, gains))
+    guide_gains = pid_gains(guide)
+    if guide_gains is None:
+        raise ValueError(f"the deployed controller's guide and failsafe is a PID ('pid' or a gains file), got {guide!r}")
+    tensors, manifest = load_model(spec, drone=drone)
+    if manifest["architecture"]["obs_dim"] != T.OBS_DIM:
+        raise ValueError(f"{spec}: a privileged network (146 inputs) cannot fly a real drone's observations")
+    if manifest["architecture"]["type"] == "lif_actor":
+        network = NumpySpikingActor(tensors, manifest, batch=n)
+    else:
+        network = TorchActorRunner(load_mlp(spec, drone=drone), n)
+    return SupervisedPolicy(network, PIDController(load_drone(drone), n, dt, guide_gains), warmup_steps, envelope)

@@ -16,6 +16,13 @@ Loops (all gains per second, SI units):
 5. motor lag: a model of the rotor lag, fed with the controller's own commands, adds a lead
    of ``lag_compensation`` times the dead-beat correction.
 Observation noise is filtered by a fixed-gain position/velocity observer in the error frame.
+
+Loop delay (``delay_compensation`` = d control steps between the observation and the step its
+command reaches the motors): the controller keeps the commands of the last d steps, which are
+still on their way, and predicts the state at the moment its new command takes effect (a Smith
+predictor): the rotor model runs those commands through the motor lag, and the rigid body is
+integrated d steps with the thrust and torques they make. The loops then act on the predicted
+state; the rotor model is fed each command d steps late, when it reaches the motors.
 """
 
 from __future__ import annotations
@@ -55,6 +62,11 @@ class PIDGains:
     observer_position_gain: float  # per step, position correction of the observer (1: no filter)
     observer_velocity_gain: float  # per step, velocity correction from the measured velocity
     observer_cross_gain: float  # per step, velocity correction from the position innovation
+    delay_compensation: int = 0  # control steps of loop delay the controller predicts across (0: none)
+
+    def __post_init__(self):
+        if self.delay_compensation < 0:
+            raise ValueError(f"delay_compensation must be >= 0 control steps, got {self.delay_compensation}")
 
 
 def load_pid_gains(path=None) -> PIDGains:
@@ -99,10 +111,13 @@ class PIDController:
             self.v_hat = np.zeros((self.n, 3))
             self.initialised = np.zeros(self.n, dtype=bool)
             self.last_accel = np.zeros((self.n, 3))
+            # rotor speed commands still on their way to the motors, oldest first
+            self.in_flight = np.full((self.n, self.gains.delay_compensation, 4), self.model.hover_rotor_speed)
             return
         mask = np.asarray(mask, dtype=bool)
         self.integral[mask] = 0
         self.rotor_estimate[mask] = self.model.hover_rotor_speed
+        self.in_flight[mask] = self.model.hover_rotor_speed
         self.initialised[mask] = False
         self.last_accel[mask] = 0
 
@@ -128,6 +143,9 @@ class PIDController:
         rot = obs[:, 3:12].reshape(-1, 3, 3)
         omega = obs[:, 15:18]
         p_err, v = self._observe(obs[:, 0:3], obs[:, 12:15])
+        rotor = self.rotor_estimate
+        if g.delay_compensation:
+            p_err, v, rot, omega, rotor = self._predict(p_err, v, rot, omega)
         v_ref = np.zeros((self.n, 3)) if target_velocity is None else np.asarray(target_velocity)
 
         # 1. position loop -> desired acceleration
@@ -174,14 +192,36 @@ class PIDController:
         thrust = self._mix(collective, torque)
         w_des = self._rotor_speed_for(thrust)
 
-        # 5. motor lag lead
+        # 5. motor lag lead, from the rotor speed when this command arrives
+        w_cmd = w_des
         if self.motor_blend < 1.0:
             lead = g.lag_compensation * (1 / self.motor_blend - 1)
-            w_cmd = np.clip(w_des + lead * (w_des - self.rotor_estimate), 0.0, 1.0)
-            self.rotor_estimate += (w_cmd - self.rotor_estimate) * self.motor_blend
+            w_cmd = np.clip(w_des + lead * (w_des - rotor), 0.0, 1.0)
+        # the rotor model takes the command that reaches the motors now: this one, or the oldest in flight
+        if g.delay_compensation:
+            arriving = self.in_flight[:, 0].copy()
+            self.in_flight = np.concatenate([self.in_flight[:, 1:], w_cmd[:, None]], 1)
         else:
-            w_cmd = w_des
+            arriving = w_cmd
+        self.rotor_estimate = self.rotor_estimate + (arriving - self.rotor_estimate) * self.motor_blend
         return 2 * w_cmd - 1
+
+    def _predict(self, p_err, v, rot, omega):
+        """The state ``delay_compensation`` steps ahead under the commands in flight (Euler steps)."""
+        m, dt = self.model, self.dt
+        c0, c1, c2 = m.thrust_coefficients
+        gravity = np.array([0.0, 0.0, m.gravity])
+        rotor = self.rotor_estimate
+        for k in range(self.gains.delay_compensation):
+            force_torque = (c0 + c1 * rotor + c2 * rotor * rotor) @ self.allocation.T  # [f, tau_x, tau_y, tau_z]
+            accel = rot[:, :, 2] * (force_torque[:, :1] / m.mass) - gravity
+            domega = (force_torque[:, 1:] - np.cross(omega, self.inertia * omega)) / self.inertia
+            p_err = p_err + v * dt + 0.5 * accel * dt * dt
+            v = v + accel * dt
+            rot = rot @ _rotation(omega * dt)
+            omega = omega + domega * dt
+            rotor = rotor + (self.in_flight[:, k] - rotor) * self.motor_blend
+        return p_err, v, rot, omega, rotor
 
     def _mix(self, collective, torque):
         lo, hi = self.thrust_min, self.thrust_max
@@ -210,6 +250,16 @@ class PIDController:
             return np.clip((thrust - c0) / c1, 0.0, 1.0)
         disc = np.maximum(c1 * c1 - 4 * c2 * (c0 - thrust), 0.0)
         return np.clip((-c1 + np.sqrt(disc)) / (2 * c2), 0.0, 1.0)
+
+
+def _rotation(angle_axis: np.ndarray) -> np.ndarray:
+    """Rotation matrices (N, 3, 3) of rotation vectors (N, 3) [rad] (Rodrigues)."""
+    angle = np.linalg.norm(angle_axis, axis=-1)[:, None, None]
+    x, y, z = np.moveaxis(angle_axis, -1, 0)
+    zero = np.zeros_like(x)
+    k = np.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(-1, 3, 3)
+    safe = np.maximum(angle, 1e-12)
+    return np.eye(3) + np.sin(angle) / safe * k + (1 - np.cos(angle)) / (safe * safe) * (k @ k)
 
 
 class PIDPolicy(EnvPolicy):

@@ -76,12 +76,14 @@ class EnvPolicy:
 
 
 class SupervisedPolicy:
-    """One drone's deployed controller: the guided handover plus the failsafe.
+    """The deployed controller of one drone, or of N drones stepped together: the guided handover
+    plus the failsafe.
 
-    ``step(obs)`` returns the action, or None for a non-finite observation (never fed to the
-    network). A fault (non-finite observation, stale odometry, reported with :meth:`fault`)
-    resets the network and the guide: the guide flies the next ``warmup_steps`` while the
-    network warms up again from zero state, then the network takes over.
+    ``step(obs)`` with one observation (18,) returns the action (4,), or None for a non-finite
+    observation (never fed to the network); with (N, 18) it returns (N, 4), NaN rows for non-finite
+    observations. A fault (non-finite observation, stale odometry, reported with :meth:`fault`)
+    resets the network and the guide of that drone: the guide flies the next ``warmup_steps`` while
+    the network warms up again from zero state, then the network takes over.
 
     ``envelope`` [m]: the network was trained within +-0.6 m of its target (task.md), so while
     any position-error component is larger (a take-off, a far goal) the guide flies and the
@@ -93,30 +95,42 @@ class SupervisedPolicy:
         self.envelope = envelope
         self.faults, self.last_fault, self.invalid = 0, "", 0
 
-    def reset(self) -> None:
-        self.guided.reset()
+    @property
+    def network_flew(self):
+        """(N,) bool: the network flew each drone on the last step (None before the first)."""
+        return self.guided.network_flew
 
-    def fault(self, reason: str) -> None:
+    def reset(self, mask=None) -> None:
+        self.guided.reset(mask)
+
+    def fault(self, reason: str, mask=None) -> None:
         self.faults += 1
         self.last_fault = reason
-        self.guided.reset()
+        self.guided.reset(mask)
 
-    def step(self, obs: np.ndarray, yaw: float = 0.0):
-        obs = np.asarray(obs, dtype=np.float64).reshape(1, -1)
-        if not np.isfinite(obs).all():
-            self.invalid += 1
-            self.fault("non-finite observation")
-            return None
+    def step(self, obs: np.ndarray, yaw=0.0):
+        single = np.ndim(obs) == 1 or np.shape(obs)[0] == 1
+        obs = np.atleast_2d(np.asarray(obs, dtype=np.float64))
+        invalid = ~np.isfinite(obs).all(-1)
+        if invalid.any():
+            self.invalid += int(invalid.sum())
+            self.fault("non-finite observation", None if single else invalid)
+            if single:
+                return None
+            obs = np.where(invalid[:, None], 0.0, obs)
         # Outside the trained envelope the guide flies; the network waits at zero state and
         # warms up for warmup_steps inside the envelope before it flies.
-        outside = np.abs(obs[0, :3]).max() > self.envelope
-        action = self.guided(obs, guide_only=np.array([outside]), target_yaw=np.array([yaw]))[0]
-        if outside:
-            self.guided.steps[:] = 0
-            self.guided.network.reset()
-        return action
+        held = (np.abs(obs[:, :3]).max(-1) > self.envelope) | invalid
+        yaw = np.broadcast_to(np.asarray(yaw, dtype=np.float64), (len(obs),)).copy()
+        action = self.guided(obs, guide_only=held, target_yaw=yaw)
+        if held.any():
+            self.guided.steps[held] = 0
+            self.guided.network.reset(held)
+        action[invalid] = np.nan
+        return action[0] if single else action
 
     def flying(self) -> str:
+        """Who flies drone 0 (a single drone's controller): 'guide' or 'network'."""
         steps = self.guided.steps
         return "guide" if steps is None or not self.guided.network_flying()[0] else "network"
 
@@ -124,3 +138,19 @@ class SupervisedPolicy:
         net = self.guided.network
         return {"flying": self.flying(), "faults": self.faults, "invalid_observations": self.invalid,
                 "last_fault": self.last_fault, "spikes_per_step": [round(x, 2) for x in net.spikes_per_step()]}
+
+
+class GuideOnly:
+    """A guide (the PID) flying alone, with the step / reset of :class:`SupervisedPolicy`."""
+
+    network_flew = None  # no network: nobody to hand over to
+
+    def __init__(self, guide):
+        self.guide = guide
+
+    def reset(self, mask=None) -> None:
+        self.guide.reset(mask)
+
+    def step(self, obs: np.ndarray, yaw=0.0) -> np.ndarray:
+        obs = np.atleast_2d(np.asarray(obs, dtype=np.float64))
+        return self.guide(obs, target_yaw=np.broadcast_to(np.asarray(yaw, dtype=np.float64), (len(obs),)).copy())

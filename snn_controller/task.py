@@ -74,12 +74,14 @@ class StartDistribution:
     max_tilt_deg: float = 90.0  # body z within this angle of world z; yaw uniform
     velocity_range: float = 1.0  # m/s, U(-r, r) per axis
     angular_velocity_range: float = 1.0  # rad/s, U(-r, r) per axis
-    rotor_speed: Literal["uniform", "hover"] = "uniform"
+    rotor_speed: Literal["uniform", "hover", "off"] = "uniform"  # off: rotors stopped (at the target too)
 
 
 STARTS = {
     "paper": StartDistribution(),
     "moderate": StartDistribution(max_tilt_deg=30.0, velocity_range=0.5, rotor_speed="hover"),
+    # at rest with the motors off exactly where the target is at time 0: a mission's take-off point
+    "ground": StartDistribution(at_target_probability=1.0, rotor_speed="off"),
 }
 
 
@@ -300,13 +302,14 @@ def sample_start(dist: StartDistribution, n: int, target_position: torch.Tensor,
         rotor_speed = u(n, 4)
     else:
         rotor_speed = torch.full((n, 4), hover_rotor_speed, dtype=f64)
-    # Starts at the target: at rest, level, yaw 0, rotors at hover.
+    rest_rotor_speed = 0.0 if dist.rotor_speed == "off" else hover_rotor_speed
+    # Starts at the target: at rest, level, yaw 0, rotors at hover (or off).
     m = at_target[:, None]
     position = torch.where(m, target_position.to(f64), position)
     quaternion = torch.where(m, torch.tensor([1.0, 0, 0, 0], dtype=f64), quaternion)
     velocity = torch.where(m, 0.0, velocity)
     angular_velocity = torch.where(m, 0.0, angular_velocity)
-    rotor_speed = torch.where(m, hover_rotor_speed, rotor_speed)
+    rotor_speed = torch.where(m, rest_rotor_speed, rotor_speed)
     return DroneState(position, quaternion, velocity, angular_velocity, rotor_speed)
 
 

@@ -116,3 +116,42 @@ def test_reset_mask_clears_only_selected():
     assert (pid.integral[:, 0] < 0).all()
     pid.reset(np.array([True, False]))
     assert (pid.integral[0] == 0).all() and pid.integral[1, 0] < 0
+
+
+def test_delay_compensation_extends_the_delay_the_pid_holds():
+    """At 3 steps of delay the loops without prediction go unstable; predicting across the commands
+    in flight keeps the drones flying (the shipped gains predict 2 steps)."""
+    from dataclasses import replace
+
+    from snn_controller.pid import load_pid_gains
+
+    gains = load_pid_gains()
+    assert gains.delay_compensation == 2
+    cfg = T.TaskConfig(drone="cf21", start="moderate", latency=T.Latency(action_delay=(3, 3)))
+    survival = {}
+    for steps in (0, 2):
+        policy = PIDPolicy(load_drone("cf21"), 100, gains=replace(gains, delay_compensation=steps))
+        survival[steps] = evaluate(policy, cfg, episodes=100, seed=0)["survival_rate"]
+    assert survival[0] < 0.5 and survival[2] >= 0.95, survival
+
+
+def test_delay_compensation_changes_nothing_at_equilibrium_and_rejects_negative_steps(tmp_path):
+    """Hovering at the target with hover commands in flight, the prediction is the present."""
+    from dataclasses import replace
+
+    from snn_controller.config import ConfigError
+    from snn_controller.pid import load_pid_gains
+
+    model = load_drone("cf21")
+    for steps in (0, 3):
+        pid = PIDController(model, 1, gains=replace(load_pid_gains(), delay_compensation=steps, ki_xy=0.0, ki_z=0.0))
+        obs = np.zeros((1, 18))
+        obs[:, 3:12] = np.eye(3).reshape(9)
+        for _ in range(5):
+            a = pid(obs)
+        assert a == pytest.approx(np.full((1, 4), model.hover_action), abs=1e-6)
+    bad = tmp_path / "pid.yaml"
+    bad.write_text((load_pid_gains.__globals__["package_root"]() / "config" / "controllers" / "pid.yaml")
+                   .read_text().replace("delay_compensation: 2", "delay_compensation: -1"))
+    with pytest.raises(ConfigError, match="delay_compensation must be >= 0"):
+        load_pid_gains(bad)

@@ -13,7 +13,10 @@ with per-drone scales of m, I, T_i (and the yaw torque with it) and tau_m for do
 (:meth:`BatchedEngine.scale_dynamics`; 1 = the drone file's values),
 
 integrated with one RK4 (or Euler) step per ``dt`` (``substeps`` splits it), quaternion
-renormalised after each step, as in L2F.
+renormalised after each step, as in L2F. With ``ground`` a flat ground at z = 0 holds the body
+centre at ``GROUND_CLEARANCE`` (pybullet's collision cylinder): a plastic contact that stops the
+descent, levels the drone (keeping its yaw) and stops its rotation, so a drone can rest, take off and
+land; it does not model bouncing or tipping over (pybullet does).
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ import torch
 
 from ..drone import DroneModel
 from ..state import DroneState, quaternion_to_matrix
+
+
+GROUND_CLEARANCE = 0.01  # m: body centre above the ground at rest (half the collision cylinder's height)
 
 
 @dataclass(frozen=True)
@@ -39,9 +45,10 @@ class _Constants:
     motor_tau: float
     ground_effect: tuple | None  # (coefficient, prop_radius, height_clip)
     drag: torch.Tensor | None  # (3,) per-axis coefficients times max rad/s per unit w
+    ground: bool  # a ground plane at z = 0
 
 
-def _constants(model: DroneModel, dtype, ground_effect: bool, drag: bool) -> _Constants:
+def _constants(model: DroneModel, dtype, ground_effect: bool, drag: bool, ground: bool) -> _Constants:
     r = torch.tensor(model.rotor_positions, dtype=dtype)
     dirs = torch.tensor(model.rotor_directions, dtype=dtype)
     torque_map = torch.stack([r[:, 1], -r[:, 0], dirs * model.torque_to_thrust], -1)
@@ -60,7 +67,7 @@ def _constants(model: DroneModel, dtype, ground_effect: bool, drag: bool) -> _Co
     return _Constants(
         thrust_c=torch.tensor(model.thrust_coefficients, dtype=dtype), torque_map=torque_map,
         inertia=torch.tensor(model.inertia, dtype=dtype), rotor_z=r, mass=model.mass,
-        gravity=model.gravity, motor_tau=model.motor_time_constant, ground_effect=ge, drag=drag_c,
+        gravity=model.gravity, motor_tau=model.motor_time_constant, ground_effect=ge, drag=drag_c, ground=ground,
     )
 
 
@@ -123,8 +130,26 @@ def _step(c: _Constants, s: tuple, dt: float, substeps: int, integrator: str, p,
     for _ in range(substeps):
         x = (_rk4 if integrator == "rk4" else _euler)(c, s, h, x, w_cmd)
         p, q, v, omega, w = x
-        x = (p, q / q.norm(dim=-1, keepdim=True), v, omega, w.clamp(0.0, 1.0))
+        q = q / q.norm(dim=-1, keepdim=True)
+        if c.ground:
+            p, q, v, omega = _ground_contact(p, q, v, omega)
+        x = (p, q, v, omega, w.clamp(0.0, 1.0))
     return x
+
+
+def _ground_contact(p, q, v, omega):
+    """Drones below the clearance: put on the ground, level (same yaw), at rest unless climbing."""
+    contact = (p[:, 2] < GROUND_CLEARANCE)[:, None]
+    p = torch.where(contact, torch.cat([p[:, :2], p[:, 2:].clamp(min=GROUND_CLEARANCE)], -1), p)
+    qw, qz = q[:, 0], q[:, 3]
+    yaw_norm = (qw * qw + qz * qz).sqrt().clamp(min=1e-12)
+    level = torch.stack([qw / yaw_norm, torch.zeros_like(qw), torch.zeros_like(qw), qz / yaw_norm], -1)
+    q = torch.where(contact, level, q)
+    climbing = torch.zeros_like(v)
+    climbing[:, 2] = v[:, 2].clamp(min=0.0)
+    v = torch.where(contact, climbing, v)
+    omega = torch.where(contact, torch.zeros_like(omega), omega)
+    return p, q, v, omega
 
 
 class BatchedEngine:
@@ -138,21 +163,22 @@ class BatchedEngine:
         integrator: ``rk4`` (as L2F) or ``euler``.
         substeps: integration steps per control step.
         ground_effect, drag: enable the optional gym-pybullet-drones effects.
+        ground: a ground plane at z = 0 (a plastic contact, see the module docstring).
         compile: fuse the step with torch.compile (needs a C++ compiler; first call compiles).
 
-    The batched engine has no collisions: drones fly through the ground and each other.
+    Drones fly through each other, and through the ground unless ``ground`` is set.
     """
 
     def __init__(self, model: DroneModel, n: int, dt: float = 0.01, dtype: torch.dtype = torch.float32,
                  integrator: str = "rk4", substeps: int = 1, ground_effect: bool = False, drag: bool = False,
-                 compile: bool = False):
+                 ground: bool = False, compile: bool = False):
         if integrator not in ("rk4", "euler"):
             raise ValueError(f"integrator must be 'rk4' or 'euler', got {integrator!r}")
         if n < 1 or dt <= 0 or substeps < 1:
             raise ValueError(f"need n >= 1, dt > 0, substeps >= 1 (got n={n}, dt={dt}, substeps={substeps})")
         self.model, self.n, self.dt, self.dtype = model, n, dt, dtype
         self.integrator, self.substeps = integrator, substeps
-        self._c = _constants(model, dtype, ground_effect, drag)
+        self._c = _constants(model, dtype, ground_effect, drag, ground)
         self._step_fn = _step
         if compile:
             self._step_fn = torch.compile(_step, dynamic=False, fullgraph=True)

@@ -1,0 +1,315 @@
+"""Missions: take off from the ground, fly waypoints or a circle / figure eight, hold, land.
+
+A mission (config/missions/*.yaml) is a list of segments flown one after the other, each for a
+fixed time. Positions are relative to the drone's take-off point (z = 0: resting on the ground).
+The goal moves at a bounded ``speed`` between waypoints (a ramp, not a step), so that the position
+error stays inside the envelope the network was trained in (+-0.6 m): the network, not only its
+guide, flies the transfers. The same mission runs in process (:func:`fly_mission`, either engine,
+with latency and randomisation) and through ROS (the ``mission`` goal sequencer node and
+``snnctl launch ... --monitor``), and both report :func:`mission_metrics`.
+
+Metrics per segment and drone: mean and max distance to the goal, time to reach the segment's
+final goal (within ``reach_radius``), share of steps the network flew; per drone: crash (time and
+reason), landed at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from . import task as T
+from .config import ConfigError, build, load_yaml, package_root
+from .engines.batched import GROUND_CLEARANCE
+
+@dataclass(frozen=True)
+class Segment:
+    """One part of a mission, flown for ``duration`` seconds."""
+
+    kind: Literal["takeoff", "goto", "hold", "circle", "figure8", "land"]
+    duration: float  # s
+    position: tuple[float, float, float] = (0.0, 0.0, 1.0)  # m; goto: the waypoint; circle / figure8: centre
+    height: float = 1.0  # m above the take-off point (takeoff)
+    speed: float = 0.5  # m/s the goal moves at (takeoff, goto, land)
+    radius: float = 0.3  # m (circle, figure8)
+    period: float = 8.0  # s per lap (circle, figure8)
+    name: str = ""  # shown in reports; default "<index>:<kind>"
+
+    def __post_init__(self):
+        if self.duration <= 0 or self.speed <= 0 or self.period <= 0 or self.radius < 0:
+            raise ConfigError(f"segment {self.kind}: duration, speed and period must be > 0 and radius >= 0")
+
+
+@dataclass(frozen=True)
+class Mission:
+    """A flight plan: segments in order (config/missions/<name>.yaml)."""
+
+    segments: tuple[Segment, ...]
+    name: str = "mission"
+    reach_radius: float = 0.1  # m: a goal counts as reached within this distance
+    landed_height: float = 0.05  # m: ending this close to the take-off height counts as landed
+
+    def __post_init__(self):
+        if not self.segments:
+            raise ConfigError("a mission needs at least one segment")
+
+    @property
+    def duration(self) -> float:
+        return sum(s.duration for s in self.segments)
+
+    def segment_names(self) -> list[str]:
+        return [s.name or f"{i}:{s.kind}" for i, s in enumerate(self.segments)]
+
+    def starts(self) -> np.ndarray:
+        """Segment start times [s], (S + 1,) with the mission's end last."""
+        return np.concatenate([[0.0], np.cumsum([s.duration for s in self.segments])])
+
+    def goal(self, t) -> tuple[np.ndarray, np.ndarray]:
+        """Goal positions (len(t), 3) relative to the take-off point, and segment indices, at times ``t`` [s]."""
+        t = np.atleast_1d(np.asarray(t, dtype=np.float64))
+        starts = self.starts()
+        index = np.clip(np.searchsorted(starts, t, side="right") - 1, 0, len(self.segments) - 1)
+        goal = np.zeros((len(t), 3))
+        begin = np.zeros(3)  # where each segment's goal starts: where the previous one ended
+        for i, seg in enumerate(self.segments):
+            rows = index == i
+            goal[rows] = _segment_goal(seg, begin, t[rows] - starts[i])
+            begin = _segment_goal(seg, begin, np.array([seg.duration]))[0]
+        return goal, index
+
+
+def _ramp(begin: np.ndarray, end: np.ndarray, speed: float, tau: np.ndarray) -> np.ndarray:
+    distance = np.linalg.norm(end - begin)
+    share = np.clip(tau * speed / distance, 0.0, 1.0) if distance > 0 else np.ones_like(tau)
+    return begin + share[:, None] * (end - begin)
+
+
+def _segment_goal(seg: Segment, begin: np.ndarray, tau: np.ndarray) -> np.ndarray:
+    """The goal (len(tau), 3) ``tau`` seconds into ``seg``, which starts at ``begin``."""
+    if seg.kind == "takeoff":
+        return _ramp(begin, np.array([begin[0], begin[1], seg.height]), seg.speed, tau)
+    if seg.kind == "goto":
+        return _ramp(begin, np.array(seg.position, dtype=np.float64), seg.speed, tau)
+    if seg.kind == "land":
+        return _ramp(begin, np.array([begin[0], begin[1], 0.0]), seg.speed, tau)
+    if seg.kind == "hold":
+        return np.repeat(begin[None], len(tau), 0)
+    # circle / figure eight: the task's moving targets, starting at the centre
+    target = T.TargetConfig(kind=seg.kind, position=tuple(seg.position), radius=seg.radius, period=seg.period)
+    p, _ = T.target_at(target, torch.as_tensor(tau, dtype=torch.float64))
+    return p.numpy()
+
+
+def load_mission(path) -> Mission:
+    """A mission file by path, or by name from config/missions/."""
+    path = _mission_path(path)
+    data = load_yaml(path)
+    if not isinstance(data.get("segments"), list) or not data["segments"]:
+        raise ConfigError(f"{path}: 'segments' must list at least one segment")
+    return build(Mission, data, str(path))
+
+
+def _mission_path(path):
+    from pathlib import Path
+
+    p = Path(path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    return package_root() / "config" / "missions" / f"{path}.yaml"
+
+
+# --- crashes ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CrashLimits:
+    """When a drone counts as crashed (as the Crazyflie firmware's supervisor decides)."""
+
+    landing_speed: float = 1.5  # m/s: touching the ground while descending faster is a crash
+    contact_tilt_deg: float = 60.0  # touching the ground tilted more than this is a crash
+    tilt_deg: float = 90.0  # tilted more than this anywhere (upside down) is a crash
+    max_distance: float = 100.0  # m: farther from the origin is a runaway state
+    max_speed: float = 50.0  # m/s: faster is a runaway state
+
+    def __post_init__(self):
+        for name in ("landing_speed", "max_distance", "max_speed"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"crash limit {name} must be > 0, got {getattr(self, name)}")
+        for name in ("contact_tilt_deg", "tilt_deg"):
+            if not 0 < getattr(self, name) <= 180:
+                raise ValueError(f"crash limit {name} must be in (0, 180] degrees, got {getattr(self, name)}")
+
+
+def crash_reasons(previous_velocity: np.ndarray, position: np.ndarray, velocity: np.ndarray, tilt_deg: np.ndarray,
+                  on_ground: np.ndarray, limits: CrashLimits) -> list[str]:
+    """Per drone '' or why it crashed this step. ``previous_velocity``: before the step (an impact
+    stops the drone, so the speed that hit the ground is the one before); ``on_ground``: in contact."""
+    reasons = []
+    for i in range(len(position)):
+        finite = np.isfinite(position[i]).all() and np.isfinite(velocity[i]).all() and np.isfinite(tilt_deg[i])
+        if not finite:
+            reasons.append("non-finite state")
+        elif np.linalg.norm(position[i]) > limits.max_distance or np.linalg.norm(velocity[i]) > limits.max_speed:
+            reasons.append("runaway state")
+        elif on_ground[i] and -previous_velocity[i, 2] > limits.landing_speed:
+            reasons.append(f"hit the ground at {-previous_velocity[i, 2]:.1f} m/s")
+        elif on_ground[i] and tilt_deg[i] > limits.contact_tilt_deg:
+            reasons.append(f"touched the ground tilted {tilt_deg[i]:.0f} deg")
+        elif tilt_deg[i] > limits.tilt_deg:
+            reasons.append(f"tipped over ({tilt_deg[i]:.0f} deg)")
+        else:
+            reasons.append("")
+    return reasons
+
+
+def tilt_of(quaternion: np.ndarray) -> np.ndarray:
+    """Angle [deg] between body z and world z, quaternions (N, 4) w, x, y, z."""
+    qx, qy = quaternion[:, 1], quaternion[:, 2]
+    return np.degrees(np.arccos(np.clip(1 - 2 * (qx * qx + qy * qy), -1.0, 1.0)))
+
+
+# --- metrics ------------------------------------------------------------------------------------
+def mission_metrics(mission: Mission, times: np.ndarray, positions: np.ndarray, goals: np.ndarray,
+                    network: np.ndarray | None = None, crashes: list[dict] | None = None) -> dict:
+    """Metrics of drones that flew ``mission``.
+
+    ``times`` (T,) [s] mission time of each sample; ``positions``, ``goals`` (N, T, 3) relative
+    to each drone's take-off point; ``network`` (N, T) bool: the network flew (None: unknown);
+    ``crashes``: per drone None or {"time": s, "reason": str} (samples after a crash are ignored).
+    """
+    n = positions.shape[0]
+    crashes = crashes or [None] * n
+    starts = mission.starts()
+    final_goal, _ = mission.goal([mission.duration])
+    error = np.linalg.norm(positions - goals, axis=-1)  # (N, T)
+    segments = []
+    for i, name in enumerate(mission.segment_names()):
+        end_goal, _ = mission.goal([starts[i + 1] - 1e-9])
+        rows = []
+        for k in range(n):
+            alive = times < (crashes[k]["time"] if crashes[k] else math.inf)
+            sel = (times >= starts[i]) & (times < starts[i + 1]) & alive
+            if not sel.any():
+                rows.append(None)
+                continue
+            near = np.linalg.norm(positions[k, sel] - end_goal[0], axis=-1) < mission.reach_radius
+            rows.append({
+                "error_mean": float(error[k, sel].mean()), "error_max": float(error[k, sel].max()),
+                "reach_time": float(times[sel][near.argmax()] - starts[i]) if near.any() else None,
+                "network_share": None if network is None else float(network[k, sel].mean()),
+            })
+        flown = [r for r in rows if r is not None]
+        reached = [r["reach_time"] for r in flown if r["reach_time"] is not None]
+        shares = [r["network_share"] for r in flown if r["network_share"] is not None]
+        segments.append({
+            "name": name, "start": float(starts[i]), "duration": float(starts[i + 1] - starts[i]),
+            "drones": len(flown),
+            "error_mean": float(np.mean([r["error_mean"] for r in flown])) if flown else None,
+            "error_max": float(np.max([r["error_max"] for r in flown])) if flown else None,
+            "reached": len(reached),
+            "reach_time_mean": float(np.mean(reached)) if reached else None,
+            "reach_time_max": float(np.max(reached)) if reached else None,
+            "network_share": float(np.mean(shares)) if shares else None,
+        })
+    drones = []
+    for k in range(n):
+        alive = times < (crashes[k]["time"] if crashes[k] else math.inf)
+        last = positions[k, alive][-1] if alive.any() else positions[k, 0]
+        drones.append({
+            "crash": crashes[k], "error_mean": float(error[k, alive].mean()) if alive.any() else None,
+            "network_share": None if network is None or not alive.any() else float(network[k, alive].mean()),
+            "landed": bool(crashes[k] is None and mission.segments[-1].kind == "land"
+                           and abs(last[2] - final_goal[0, 2]) < mission.landed_height),
+            "final_position": [round(float(v), 4) for v in last],
+        })
+    errors = [d["error_mean"] for d in drones if d["error_mean"] is not None]
+    return {
+        "mission": mission.name, "duration": mission.duration, "drones": n,
+        "crashed": int(sum(d["crash"] is not None for d in drones)),
+        "landed": int(sum(d["landed"] for d in drones)),
+        "error_mean": float(np.mean(errors)) if errors else None,
+        "segments": segments, "per_drone": drones,
+    }
+
+
+def format_metrics(m: dict) -> str:
+    """The metrics as a text table."""
+    lines = [f"mission {m['mission']} ({m['duration']:.1f} s), {m['drones']} drone(s): {m['crashed']} crashed, "
+             f"{m['landed']} landed, mean distance to the goal {_cm(m['error_mean'])}",
+             f"  {'segment':14s} {'start':>6s} {'error mean':>10s} {'max':>8s} {'reached':>8s} {'reach time':>10s}"
+             f" {'network':>8s}"]
+    for s in m["segments"]:
+        reach = "-" if s["reach_time_mean"] is None else f"{s['reach_time_mean']:.2f} s"
+        share = "-" if s["network_share"] is None else f"{100 * s['network_share']:.0f} %"
+        lines.append(f"  {s['name']:14s} {s['start']:5.1f}s {_cm(s['error_mean']):>10s} {_cm(s['error_max']):>8s} "
+                     f"{s['reached']:>3d}/{s['drones']:<4d} {reach:>10s} {share:>8s}")
+    for k, d in enumerate(m["per_drone"]):
+        if d["crash"]:
+            lines.append(f"  drone {d.get('name', k)} crashed at {d['crash']['time']:.2f} s: {d['crash']['reason']}")
+    return "\n".join(lines)
+
+
+def _cm(metres) -> str:
+    return "-" if metres is None else f"{100 * metres:.1f} cm"
+
+
+# --- in process ---------------------------------------------------------------------------------
+def fly_mission(mission: Mission, controller, task: T.TaskConfig, drones: int = 10, engine: str = "batched",
+                seed: int = 0, limits: CrashLimits | None = None) -> dict:
+    """Fly ``mission`` with ``drones`` copies (each its own noise, latency and randomisation draws).
+
+    ``controller``: ``step(obs (N, 18), yaw (N,)) -> actions (N, 4)`` with ``reset()``, and
+    optionally ``network_flew`` (N,) bool after each step (who flew). Crashed drones get their
+    motors stopped, as the firmware's supervisor does.
+    """
+    from .envs import FlightEnv
+
+    limits = limits or CrashLimits()
+    steps = int(round(mission.duration / task.dt))
+    offset = np.array([0.0, 0.0, GROUND_CLEARANCE])  # z = 0 of the mission: the body resting on the ground
+
+    def target(t: torch.Tensor):
+        goal, _ = mission.goal(t.numpy())
+        return torch.as_tensor(goal + offset), torch.zeros(len(goal), 3, dtype=torch.float64)
+
+    config = task.with_options(start="ground", episode_steps=steps + 1, termination_distance=1e6)
+    options = {"ground": True}
+    env = FlightEnv(config, drones, engine=engine, seed=seed, autoreset=False, dtype=torch.float64,
+                    engine_options=options, target_fn=target)
+    try:
+        obs, _ = env.reset()
+        controller.reset()
+        times = np.arange(steps) * task.dt
+        positions, goals = np.zeros((drones, steps, 3)), np.zeros((drones, steps, 3))
+        network = np.zeros((drones, steps), dtype=bool)
+        has_network = False
+        crashes = [None] * drones
+        yaw = np.zeros(drones)
+        previous_velocity = env.engine.state.velocity.numpy().copy()
+        for t in range(steps):
+            action = np.asarray(controller.step(obs.actor.numpy(), yaw), dtype=np.float64)
+            down = np.array([c is not None for c in crashes])
+            action[down | ~np.isfinite(action).all(-1)] = -1.0
+            if getattr(controller, "network_flew", None) is not None:
+                network[:, t] = controller.network_flew
+                has_network = True
+            obs, *_ = env.step(torch.as_tensor(action))
+            s = env.engine.state.as_numpy()
+            origin = env.origin.numpy()
+            goal_now, _ = mission.goal([times[t] + task.dt])
+            positions[:, t] = s["position"] - origin - offset
+            goals[:, t] = goal_now[0]
+            on_ground = s["position"][:, 2] < GROUND_CLEARANCE + 0.005
+            reasons = crash_reasons(previous_velocity, s["position"] - origin, s["velocity"],
+                                    tilt_of(s["quaternion"]), on_ground, limits)
+            for k, why in enumerate(reasons):
+                if why and crashes[k] is None:
+                    crashes[k] = {"time": float(times[t] + task.dt), "reason": why}
+            previous_velocity = s["velocity"].copy()
+        result = mission_metrics(mission, times + task.dt, positions, goals, network if has_network else None, crashes)
+        result.update(engine=engine, seed=seed)
+        return result
+    finally:
+        env.close()
