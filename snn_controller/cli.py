@@ -296,6 +296,37 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_latency(args) -> int:
+    """Each controller at each fixed action delay, on the same starts: the latency table."""
+    delays = [int(d) for d in args.delays.split(",")]
+    rows = []
+    for model in args.models:
+        cells = {}
+        for d in delays:
+            r, _, _ = _evaluate(model, replace_args(args, delay=(d, d)))
+            cells[d] = {k: r[k] for k in ("return_mean", "survival_rate", "position_error_mean")}
+        holding = [d for d in delays if cells[d]["survival_rate"] >= args.bound]
+        rows.append({"model": model, "delays": cells,
+                     "max_delay_holding": max((d for d in holding if all(e in holding for e in delays if e <= d)),
+                                              default=None)})
+    result = {"starts": args.starts, "episodes": args.episodes, "seed": args.seed, "engine": args.engine,
+              "survival_bound": args.bound, "rows": rows}
+    head = f"{'controller':40s}" + "".join(f"{f'delay {d}':>22s}" for d in delays) + f"  largest delay >= {args.bound:.0%}"
+    lines = [f"{args.starts} starts, {args.episodes} episodes (seed {args.seed}), {args.engine} engine, stage "
+             f"{args.stage}: return / survival / position error per fixed action delay (control steps)", head]
+    for row in rows:
+        cells = "".join((f"{c['return_mean']:7.1f} {100 * c['survival_rate']:5.1f}% " + (
+            f"{100 * c['position_error_mean']:5.2f}cm" if c["survival_rate"] > 0 else "      -")).rjust(22)
+            for c in row["delays"].values())
+        lines.append(f"{row['model'][-40:]:40s}{cells}  {row['max_delay_holding']}")
+    _emit(args, result, "\n".join(lines))
+    return 0
+
+
+def replace_args(args, **changes):
+    return argparse.Namespace(**{**vars(args), **changes})
+
+
 def cmd_train(args) -> int:
     from dataclasses import replace
 
@@ -385,6 +416,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fly a mission (config/missions/*.yaml, or its name) from the ground; --episodes drones")
     p.add_argument("--randomize", default=None, metavar="FILE",
                    help="flight conditions file (config/conditions/*.yaml): latency and domain randomisation")
+
+    p = add(sub, "latency", cmd_latency, "fly controllers at fixed action delays on the same starts (a table)")
+    p.add_argument("models", nargs="+", help="model files, 'pid' or PID gains files")
+    p.add_argument("--delays", default="0,1,2,3,4,6", help="comma-separated action delays in control steps")
+    p.add_argument("--bound", type=float, default=0.9, help="survival rate a delay must keep")
+    p.add_argument("--drone", default="cf21", help="drone for a PID (a model file names its own)")
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--stage", type=int, default=5)
+    p.add_argument("--starts", choices=["paper", "moderate"], default="moderate")
+    p.add_argument("--engine", choices=["batched", "pybullet"], default="batched")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup-steps", type=int, default=50)
+    p.add_argument("--guide", default="pid")
+    p.set_defaults(jitter=None, observation_delay=None, randomize=None)
 
     p = add(sub, "train", cmd_train, "train a controller (TD3BC+JSRL or a baseline) from a config")
     p.add_argument("--config", default="config/train/td3bc_jsrl.yaml")
