@@ -93,7 +93,7 @@ def cmd_bench_loop(args) -> int:
     from .ros.bench_loop import bench_loop
 
     r = bench_loop(args.model, rates=args.rates, seconds=args.seconds)
-    lines = ["odometry -> snn_policy -> cmd_motors, end to end (p50 / p99):"]
+    lines = ["odometry -> snn_policy -> cmd_motors_stamped, end to end (p50 / p99):"]
     for rate in args.rates:
         x = r[f"{int(rate)}Hz"]
         lines.append(f"  {int(rate):4d} Hz: {x['p50_us']:.0f} us / {x['p99_us']:.0f} us "

@@ -1,25 +1,45 @@
-"""A fleet of simulated Crazyflies in one pybullet world: the core of the ``sim_bridge`` node.
+"""A fleet of simulated Crazyflies in one pybullet world: the core of the ``sim_bridge`` node,
+and the controllers' side of the stamp protocol (:class:`StampedPilot`).
 
-Owns everything the node must not: command validation and counters, the command watchdog
-(motors stop when a drone's command is older than ``command_timeout`` of simulated time, as the
-real firmware does), emergency stops, resets, the lockstep rule (step when every flying
-drone's command for this step has arrived) and the per-drone outputs (odometry, IMU).
+Time is an integer step counter; a state's stamp is ``step * dt_ns`` nanoseconds, never a sum
+of float seconds, so a stamp names exactly one step. The stamp protocol: every odometry message
+carries the stamp of its step; a controller answers it with a command carrying the same stamp, so
+the simulator knows which state each command answers. From that it keeps, per drone:
+
+- the command in force: a command answering a step older than the newest one received is stale
+  (ignored and counted), one answering a step not simulated yet is rejected. An unstamped command
+  answers the current step.
+- the command age: current step - the step the applied command answers, over a rolling window
+  (p50 / p99 / max in :meth:`FleetSimulator.command_age_stats`). ``command_delay`` adds latency
+  on purpose: a command answering step k applies from step k + command_delay.
+- the lockstep rule (:meth:`FleetSimulator.ready`): step when every flying drone has answered the
+  current step.
+
+Also here: command validation and counters, the command watchdog (motors stop when a drone's
+last command was received more than ``command_timeout`` of simulated time ago, as the real
+firmware does), emergency stops, resets, the per-drone outputs (odometry, IMU), and the crash
+supervisor (:class:`CrashLimits`): a hard or tilted ground contact, or tipping over, marks a drone
+crashed with its motors off until it is reset; a non-finite or runaway state is never output: the
+drone is marked crashed and held at rest on the ground.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .config import ConfigError, build, load_yaml, package_root
 from .drone import DroneModel
-from .engines.pybullet_engine import PybulletEngine
-from .geometry import quat_to_matrix
-from .state import DroneState
+from .geometry import observation, quat_to_matrix, yaw_of
+
+# The engine (pybullet) and the state (torch) are imported where the simulator needs them: the
+# controller nodes import this module for StampedPilot and should start without torch.
 
 REST_HEIGHT = 0.011  # m: body centre above the ground when resting on the collision cylinder
+NS_PER_S = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -67,64 +87,125 @@ def load_fleet(path: str | None = None) -> FleetConfig:
     return config
 
 
+def controlled_drones(fleet_file: str, namespace: str) -> dict[str, str]:
+    """The drones a controller node flies, name -> topic prefix: every enabled drone of
+    ``fleet_file`` (absolute topics ``/<name>/odom``, ...), or without a file ('') the one drone
+    of the node's namespace (relative topics)."""
+    if fleet_file:
+        return {name: f"/{name}/" for name in load_fleet(fleet_file).enabled_robots()}
+    return {namespace.strip("/") or "/": ""}
+
+
+@dataclass(frozen=True)
+class CrashLimits:
+    """When the supervisor marks a drone crashed (as the Crazyflie firmware's supervisor does)."""
+
+    landing_speed: float = 1.5  # m/s: touching the ground while descending faster is a crash
+    contact_tilt_deg: float = 60.0  # touching the ground tilted more than this is a crash
+    tilt_deg: float = 90.0  # tilted more than this anywhere (upside down) is a crash
+    max_distance: float = 100.0  # m: farther from the origin is a runaway state
+    max_speed: float = 50.0  # m/s: faster is a runaway state
+    min_height: float = -0.5  # m: below the ground is a runaway state (the body lost its collisions)
+
+    def __post_init__(self):
+        for name in ("landing_speed", "max_distance", "max_speed"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"crash limit {name} must be > 0, got {getattr(self, name)}")
+        for name in ("contact_tilt_deg", "tilt_deg"):
+            if not 0 < getattr(self, name) <= 180:
+                raise ValueError(f"crash limit {name} must be in (0, 180] degrees, got {getattr(self, name)}")
+
+
 @dataclass
-class CommandCounters:
+class DroneCounters:
     accepted: int = 0
     clamped: int = 0
     rejected: int = 0
+    stale: int = 0  # ignored: answered an older step than a command already received
     timeouts: int = 0  # control steps flown with motors stopped because the command was stale
+    crashes: int = 0
 
 
 class FleetSimulator:
-    """N named drones; commands in, states out. Time is simulated time [s]."""
+    """N named drones; commands in, states out. ``steps`` counts control steps since the fleet reset."""
 
     def __init__(self, model: DroneModel, robots: dict[str, RobotConfig], dt: float = 0.01,
-                 command_timeout: float = 0.5, **engine_options):
+                 command_timeout: float = 0.5, command_delay: int = 0, age_window: int = 1000,
+                 crash: CrashLimits | None = None, **engine_options):
         if not robots:
             raise ValueError("the fleet needs at least one robot")
         if command_timeout <= 0:
             raise ValueError(f"command_timeout must be > 0, got {command_timeout}")
-        self.model, self.dt, self.command_timeout = model, dt, command_timeout
+        if command_delay < 0 or int(command_delay) != command_delay:
+            raise ValueError(f"command_delay must be a whole number of steps >= 0, got {command_delay}")
+        self.dt_ns = round(dt * NS_PER_S)
+        if self.dt_ns <= 0:
+            raise ValueError(f"dt must be at least 1 ns, got {dt}")
+        self.model, self.dt = model, self.dt_ns / NS_PER_S
+        self.timeout_ns = round(command_timeout * NS_PER_S)
+        self.command_delay, self.crash_limits = int(command_delay), crash or CrashLimits()
         self.names = list(robots)
         self.robots = robots
         self.index = {name: i for i, name in enumerate(self.names)}
         n = len(self.names)
-        self.engine = PybulletEngine(model, n, dt=dt, ground=True, collide_drones=True, **engine_options)
-        self.counters = {name: CommandCounters() for name in self.names}
-        self.commands = np.full((n, 4), -1.0)
-        self.command_time = np.full(n, -math.inf)
-        self.fresh = np.zeros(n, dtype=bool)
+        from .engines.pybullet_engine import PybulletEngine
+
+        self.engine = PybulletEngine(model, n, dt=self.dt, ground=True, collide_drones=True, **engine_options)
+        self.counters = {name: DroneCounters() for name in self.names}
+        self.ages = [deque(maxlen=age_window) for _ in self.names]
+        self.commands = np.full((n, 4), -1.0)  # the commands in force
+        self.applied_step = np.full(n, -1)  # the step the command in force answers; -1: none
+        self.answered = np.full(n, -1)  # the newest step a received command answers
+        self.received_step = np.full(n, -math.inf)  # the step the last command was received at
+        self.pending = [deque() for _ in self.names]  # (answered step, values), oldest first
         self.stopped = np.zeros(n, dtype=bool)
+        self.crashed = np.zeros(n, dtype=bool)
+        self.crash_reason = {name: "" for name in self.names}
+        self.held = {}  # index -> rest pose (position, yaw) of a runaway drone, held there until reset
+        self.steps = 0
         self.reset()
 
     @property
     def time(self) -> float:
-        return self.engine.time
+        """Simulated time [s] (for display; stamps use :meth:`stamp_ns`)."""
+        return self.stamp_ns() / NS_PER_S
 
-    def _initial_state(self, names: list[str]) -> DroneState:
-        k = len(names)
+    def stamp_ns(self, step: int | None = None) -> int:
+        """The stamp [ns] of a step (default: the current one)."""
+        return (self.steps if step is None else step) * self.dt_ns
+
+    def step_of_stamp(self, stamp_ns: int) -> int:
+        """The step a stamp names (rounded to the nearest step)."""
+        return (stamp_ns + self.dt_ns // 2) // self.dt_ns
+
+    def _initial_state(self, names: list[str]):
         pos = np.array([self.robots[nm].initial_position for nm in names], dtype=np.float64)
         pos[:, 2] += REST_HEIGHT
         yaw = np.array([self.robots[nm].initial_yaw for nm in names])
-        quat = np.stack([np.cos(yaw / 2), np.zeros(k), np.zeros(k), np.sin(yaw / 2)], -1)
-        zeros = np.zeros((k, 3))
-        return DroneState.from_arrays({"position": pos, "quaternion": quat, "velocity": zeros,
-                                       "angular_velocity": zeros, "rotor_speed": np.zeros((k, 4))})
+        return _rest_state(pos, yaw)
 
     def reset(self, name: str | None = None) -> None:
-        """Put all drones (or one) back at their initial pose, at rest, motors off; clears emergency stops."""
+        """Put all drones (or one) back at their initial pose, at rest, motors off; clears emergency
+        stops and crashes. The fleet reset also sets the step counter (and the stamps) back to 0."""
         names = self.names if name is None else [name]
         idx = np.array([self._idx(nm) for nm in names])
         state = self._initial_state(names)
         if name is None:
             self.engine.reset(state)
+            self.steps = 0
         else:
             self.engine.reset(state, idx)
         self.commands[idx] = -1.0
-        self.command_time[idx] = -math.inf
-        self.fresh[idx] = False
+        self.applied_step[idx] = -1
+        self.answered[idx] = -1
+        self.received_step[idx] = -math.inf
+        for i in idx:
+            self.pending[i].clear()
+            self.held.pop(i, None)
+            self.crash_reason[self.names[i]] = ""
         self.stopped[idx] = False
-        self._prev_velocity = self.engine.state.velocity.numpy().copy()
+        self.crashed[idx] = False
+        self._velocity = self.engine.state.velocity.numpy().copy()
         self._accel = np.zeros((len(self.names), 3))
 
     def _idx(self, name: str) -> int:
@@ -132,11 +213,13 @@ class FleetSimulator:
             raise KeyError(f"unknown drone '{name}'; the fleet has {self.names}")
         return self.index[name]
 
-    def submit(self, name: str, values) -> str:
-        """Take a motor command (4 values in [-1, 1], motor order of task.md) for the next step.
+    def submit(self, name: str, values, stamp: int | None = None) -> str:
+        """Take a motor command (4 values in [-1, 1], motor order of task.md) answering the state
+        of step ``stamp`` (None: the current step).
 
-        Returns ``"ok"``, ``"clamped"`` (out-of-range values were clipped) or ``"rejected: <why>"``;
-        a rejected command leaves the previous one in force and is counted.
+        Returns ``"ok"``, ``"clamped"`` (out-of-range values were clipped), ``"stale: <why>"``
+        (answers an older step than a command already received: ignored) or ``"rejected: <why>"``;
+        a stale or rejected command leaves the previous one in force and is counted.
         """
         i, c = self._idx(name), self.counters[name]
         values = np.asarray(values, dtype=np.float64).ravel()
@@ -146,37 +229,125 @@ class FleetSimulator:
         if not np.isfinite(values).all():
             c.rejected += 1
             return "rejected: command contains NaN or inf"
+        step = self.steps if stamp is None else int(stamp)
+        if step > self.steps:
+            c.rejected += 1
+            return f"rejected: answers step {step}, but the simulation is at step {self.steps}"
+        if step < self.answered[i]:
+            c.stale += 1
+            return f"stale: answers step {step}, a command for step {self.answered[i]} was already received"
         status = "ok"
         if (np.abs(values) > 1.0).any():
             values = np.clip(values, -1.0, 1.0)
             c.clamped += 1
             status = "clamped"
         c.accepted += 1
-        self.commands[i] = values
-        self.command_time[i] = self.time
-        self.fresh[i] = True
+        pending = self.pending[i]
+        if pending and pending[-1][0] == step:  # a second answer to the same state replaces the first
+            pending.pop()
+        pending.append((step, values))
+        self.answered[i] = step
+        self.received_step[i] = self.steps
         return status
 
     def emergency_stop(self, name: str) -> None:
         """Stop the drone's motors until it is reset."""
         self.stopped[self._idx(name)] = True
 
-    def ready(self) -> bool:
-        """Lockstep rule: every drone that is not stopped has a command for this step."""
-        return bool((self.fresh | self.stopped).all())
+    def waiting_for(self) -> list[str]:
+        """Drones that fly (not stopped, not crashed) and have not answered the current step."""
+        waiting = (self.answered != self.steps) & ~self.stopped & ~self.crashed
+        return [name for name, w in zip(self.names, waiting) if w]
 
-    def step(self) -> None:
-        """Advance the world by one control step with the commands in force."""
-        stale = (self.time - self.command_time) > self.command_timeout + 1e-9
+    def ready(self) -> bool:
+        """Lockstep rule: every drone that flies has a command answering the current step."""
+        return not self.waiting_for()
+
+    def step(self) -> dict[str, str]:
+        """Advance the world by one control step with the commands in force.
+
+        Returns the drones that crashed in this step, with the reason."""
+        for i, pending in enumerate(self.pending):
+            while pending and pending[0][0] + self.command_delay <= self.steps:
+                self.applied_step[i], self.commands[i] = pending.popleft()
+        silent = (self.steps - self.received_step) * self.dt_ns > self.timeout_ns
         # Count only drones that were commanded and went silent, not ones still waiting on the ground.
-        for name in np.array(self.names)[stale & ~self.stopped & np.isfinite(self.command_time)]:
+        for name in np.array(self.names)[silent & ~self.stopped & np.isfinite(self.received_step)]:
             self.counters[name].timeouts += 1
-        action = np.where((stale | self.stopped)[:, None], -1.0, self.commands)
-        state = self.engine.step(action)
-        velocity = state.velocity.numpy()
-        self._accel = (velocity - self._prev_velocity) / self.dt
-        self._prev_velocity = velocity.copy()
-        self.fresh[:] = False
+        off = silent | self.stopped | self.crashed | (self.applied_step < 0)
+        for i in np.flatnonzero(~off):
+            self.ages[i].append(self.steps - self.applied_step[i])
+        state = self.engine.step(np.where(off[:, None], -1.0, self.commands)).as_numpy()
+        self.steps += 1
+        crashes = self._supervise(state)
+        velocity = self.engine.state.velocity.numpy().copy() if self.held else state["velocity"]
+        self._accel = (velocity - self._velocity) / self.dt
+        self._accel[list(self.held)] = 0.0
+        self._velocity = velocity
+        return crashes
+
+    def _supervise(self, s: dict[str, np.ndarray]) -> dict[str, str]:
+        """Mark new crashes in the state ``s`` after a step; hold runaway drones at rest on the ground."""
+        lim = self.crash_limits
+        pos, vel, quat = s["position"], s["velocity"], s["quaternion"]
+        finite = np.all([np.isfinite(v).all(-1) for v in s.values()], axis=0)
+        with np.errstate(invalid="ignore"):
+            runaway = ~finite | (np.linalg.norm(pos, axis=-1) > lim.max_distance) \
+                | (np.linalg.norm(vel, axis=-1) > lim.max_speed) | (pos[:, 2] < lim.min_height)
+        tilt = np.degrees(np.arccos(np.clip(1 - 2 * (quat[:, 1] ** 2 + quat[:, 2] ** 2), -1, 1)))
+        descent = np.maximum(-self._velocity[:, 2], -vel[:, 2])  # at the start and the end of the step
+        crashes = {}
+        for i, name in enumerate(self.names):
+            if runaway[i]:
+                reason = (f"runaway state (position {np.round(pos[i], 1).tolist()} m, "
+                          f"velocity {np.round(vel[i], 1).tolist()} m/s): held at rest on the ground")
+                self.held[i] = self._rest_pose(i, pos[i], quat[i])
+            elif self.crashed[i]:
+                continue
+            elif tilt[i] > lim.tilt_deg:
+                reason = f"tipped over ({tilt[i]:.0f} deg tilt)"
+            elif self._touches_ground(i) and descent[i] > lim.landing_speed:
+                reason = f"hit the ground at {descent[i]:.1f} m/s"
+            elif self._touches_ground(i) and tilt[i] > lim.contact_tilt_deg:
+                reason = f"touched the ground tilted {tilt[i]:.0f} deg"
+            else:
+                continue
+            if not self.crashed[i]:
+                self.crashed[i] = True
+                self.counters[name].crashes += 1
+                self.crash_reason[name] = reason
+                crashes[name] = reason
+        if self.held:
+            idx = list(self.held)
+            positions, yaws = zip(*(self.held[i] for i in idx))
+            self.engine.reset(_rest_state(np.array(positions), np.array(yaws)), idx)
+        return crashes
+
+    def _rest_pose(self, i: int, position, quaternion) -> tuple[np.ndarray, float]:
+        """Where a runaway drone is held: on the ground below it if its x, y are finite and in the
+        box, else at its initial x, y; level, with its yaw if that is finite."""
+        robot = self.robots[self.names[i]]
+        xy = position[:2] if np.isfinite(position[:2]).all() and np.linalg.norm(position[:2]) \
+            <= self.crash_limits.max_distance else np.array(robot.initial_position[:2])
+        yaw = float(yaw_of(quaternion)) if np.isfinite(quaternion).all() else robot.initial_yaw
+        return np.array([*xy, REST_HEIGHT]), yaw
+
+    def _touches_ground(self, i: int) -> bool:
+        e = self.engine
+        return bool(e.client.getContactPoints(bodyA=e.bodies[i], bodyB=e.plane))
+
+    def command_age_stats(self) -> dict[str, dict[str, int | None]]:
+        """Per drone: p50, p99 and max of the command age [steps] over the last applied commands
+        (a sample per step flown with a command; None before the first)."""
+        out = {}
+        for name, ages in zip(self.names, self.ages):
+            if ages:
+                a = np.array(ages)
+                out[name] = {"p50": int(np.percentile(a, 50, method="higher")),
+                             "p99": int(np.percentile(a, 99, method="higher")), "max": int(a.max())}
+            else:
+                out[name] = {"p50": None, "p99": None, "max": None}
+        return out
 
     def outputs(self) -> dict[str, dict[str, np.ndarray]]:
         """Per drone: position, quaternion (w, x, y, z), world and body velocity, body rates,
@@ -192,8 +363,70 @@ class FleetSimulator:
                 "angular_velocity_body": s["angular_velocity"][i],
                 "specific_force_body": rot[i].T @ (self._accel[i] + gravity),
                 "rotor_speed": s["rotor_speed"][i], "stopped": bool(self.stopped[i]),
+                "crashed": bool(self.crashed[i]),
             }
         return out
 
     def close(self) -> None:
         self.engine.close()
+
+
+def _rest_state(position: np.ndarray, yaw: np.ndarray):
+    """Drones (k,) at rest: level with ``yaw``, no motion, rotors off (a DroneState)."""
+    from .state import DroneState
+
+    k = len(position)
+    quat = np.stack([np.cos(yaw / 2), np.zeros(k), np.zeros(k), np.sin(yaw / 2)], -1)
+    zeros = np.zeros((k, 3))
+    return DroneState.from_arrays({"position": position, "quaternion": quat, "velocity": zeros,
+                                   "angular_velocity": zeros, "rotor_speed": np.zeros((k, 4))})
+
+
+class StampedPilot:
+    """A controller's side of the stamp protocol, for one drone.
+
+    ``controller(obs (18,), yaw) -> action (4,) or None`` flies the drone; ``reset()`` clears its
+    state. :meth:`admit` decides whether a state is new: a state with the stamp last answered is a
+    copy (lockstep re-sends a state whose answer it misses) and is not computed again: the node
+    sends ``last_action`` again, since the first answer may have been lost (a command sent before
+    the simulator's subscription matched). An older stamp means the simulation was reset (time
+    went back): the controller is reset and the state answered. Until a goal arrives the pilot
+    holds ``takeoff_height`` above the first finite position.
+    """
+
+    def __init__(self, controller, reset, takeoff_height: float = 0.5):
+        self.controller, self._reset, self.takeoff_height = controller, reset, takeoff_height
+        self.goal, self.goal_yaw = None, 0.0
+        self.last_stamp = None
+        self.last_action = None  # the answer to the state of last_stamp (None: refused)
+        self.duplicates = self.time_jumps = 0
+
+    def set_goal(self, goal, yaw: float) -> bool:
+        """Take a goal; False (and the old goal kept) if it is not finite."""
+        goal = np.asarray(goal, dtype=np.float64)
+        if not (np.isfinite(goal).all() and math.isfinite(yaw)):
+            return False
+        self.goal, self.goal_yaw = goal, float(yaw)
+        return True
+
+    def admit(self, stamp_ns: int) -> bool:
+        """True if the state with this stamp is new (to be computed with :meth:`act`)."""
+        if stamp_ns == self.last_stamp:
+            self.duplicates += 1
+            return False
+        if self.last_stamp is not None and stamp_ns < self.last_stamp:
+            self.time_jumps += 1
+            self._reset()
+        self.last_stamp = stamp_ns
+        return True
+
+    def act(self, state: dict[str, np.ndarray]):
+        """The action for a state (odometry arrays: position, quaternion, velocity_world,
+        angular_velocity_body), or None where the controller refuses it."""
+        if self.goal is None and np.isfinite(state["position"]).all():
+            self.goal = state["position"] + np.array([0.0, 0.0, self.takeoff_height])
+        target = self.goal if self.goal is not None else state["position"]
+        obs = observation(state["position"], state["quaternion"], state["velocity_world"],
+                          state["angular_velocity_body"], target)[0]
+        self.last_action = self.controller(obs, self.goal_yaw)
+        return self.last_action

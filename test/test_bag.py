@@ -71,7 +71,7 @@ def test_main_command_flies_the_shipped_snn_and_records_a_bag(ros_env, tmp_path)
         assert np.linalg.norm([x - start_x, y, z - 1.011]) < 0.05, s  # the shipped SNN holds ~3 cm off (README)
         assert s["hover_spread_m"] < 0.02, s
     info = bag_info(bag)
-    for topic in ("/cf1/odom", "/cf1/cmd_motors", "/cf2/odom", "/clock", "/diagnostics"):
+    for topic in ("/cf1/odom", "/cf1/cmd_motors_stamped", "/cf2/odom", "/clock", "/diagnostics"):
         assert info["topics"][topic]["messages"] > 0, (topic, info)
     assert info["topics"]["/cf1/odom"]["messages"] > 500
     statuses = [s for _, m in read_messages(bag, "/diagnostics") for s in m.status if s.name.startswith("snn_policy")]

@@ -1,12 +1,19 @@
-"""The sim_bridge core: command validation, watchdog, lockstep rule, emergency stop, reset."""
+"""The sim_bridge core: command validation, the stamp protocol (stale commands, command age,
+command delay, lockstep by stamp), watchdog, emergency stop, crash supervisor, reset; and the
+controllers' side of the protocol (StampedPilot)."""
 
 import math
 
+import numpy as np
 import pytest
+import torch
 
 from snn_controller.config import ConfigError
 from snn_controller.drone import load_drone
-from snn_controller.fleet import REST_HEIGHT, FleetSimulator, RobotConfig, load_fleet
+from snn_controller.fleet import REST_HEIGHT, CrashLimits, FleetSimulator, RobotConfig, StampedPilot, load_fleet
+from snn_controller.state import DroneState
+
+HOVER = [0.0] * 4  # some valid command; its value does not matter here
 
 
 @pytest.fixture
@@ -36,8 +43,10 @@ def test_command_validation_is_counted_and_never_applied(fleet):
     assert fleet.submit("cf1", [math.nan, 0, 0, 0]).startswith("rejected")
     assert fleet.submit("cf1", [0.0, 0.0, 0.0]).startswith("rejected: expected 4")
     assert fleet.submit("cf1", [math.inf] * 4).startswith("rejected")
+    fleet.step()
     assert fleet.commands[0] == pytest.approx([0.1] * 4), "a rejected command must not replace the last good one"
     assert fleet.submit("cf1", [2.0, -3.0, 0.5, 0.5]) == "clamped"
+    fleet.step()
     assert fleet.commands[0] == pytest.approx([1.0, -1.0, 0.5, 0.5])
     c = fleet.counters["cf1"]
     assert (c.accepted, c.rejected, c.clamped) == (2, 3, 1)
@@ -98,3 +107,181 @@ def test_fleet_file_validation(tmp_path):
     f.write_text("all: {drone: cf21, colour: red}\nrobots:\n  cf1: {}\n")
     with pytest.raises(ConfigError, match="colour"):
         load_fleet(f)
+
+
+def place(fleet, name, position, quaternion=(1.0, 0.0, 0.0, 0.0), velocity=(0.0, 0.0, 0.0)):
+    """Put one drone into any state, NaN included (DroneState.from_arrays would refuse NaN)."""
+    arrays = (position, quaternion, velocity, (0.0, 0.0, 0.0), (0.0,) * 4)
+    state = DroneState(*(torch.tensor([v], dtype=torch.float64) for v in arrays))
+    fleet.engine.reset(state, [fleet.index[name]])
+    fleet._velocity[fleet.index[name]] = velocity
+
+
+def test_stamps_are_integer_nanoseconds_of_the_step(fleet):
+    for _ in range(3):
+        fleet.step()
+    assert fleet.steps == 3 and fleet.stamp_ns() == 30_000_000 and fleet.stamp_ns(7) == 70_000_000
+    assert fleet.step_of_stamp(30_000_000) == 3
+    fleet.reset()
+    assert fleet.steps == 0 and fleet.stamp_ns() == 0, "the fleet reset sets time back"
+
+
+def test_commands_answering_older_steps_are_stale_and_future_ones_rejected(fleet):
+    fleet.step()
+    fleet.step()
+    assert fleet.submit("cf1", [0.2] * 4, stamp=3).startswith("rejected: answers step 3")
+    assert fleet.submit("cf1", [0.2] * 4, stamp=2) == "ok"
+    status = fleet.submit("cf1", [0.9] * 4, stamp=1)
+    assert status.startswith("stale: answers step 1"), status
+    fleet.step()
+    assert fleet.commands[0] == pytest.approx([0.2] * 4), "a stale command must not replace a newer one"
+    c = fleet.counters["cf1"]
+    assert (c.accepted, c.stale, c.rejected) == (1, 1, 1)
+    assert fleet.submit("cf1", [0.3] * 4) == "ok", "an unstamped command answers the current step"
+    assert fleet.answered[0] == fleet.steps
+
+
+def test_command_age_counts_steps_between_the_answered_state_and_its_application(fleet):
+    assert fleet.command_age_stats()["cf1"] == {"p50": None, "p99": None, "max": None}
+    for k in range(100):
+        if k % 10 < 7:  # answered in time; then no answer for 3 steps: the command in force ages 1, 2, 3
+            fleet.submit("cf1", HOVER, stamp=fleet.steps)
+        fleet.step()
+    fleet.submit("cf1", HOVER, stamp=fleet.steps - 1)  # a late answer: to the previous state
+    fleet.step()
+    stats = fleet.command_age_stats()
+    assert stats["cf1"] == {"p50": 0, "p99": 3, "max": 3}, stats
+    assert fleet.ages[0][-1] == 1
+    assert stats["cf2"] == {"p50": None, "p99": None, "max": None}, "cf2 never had a command"
+
+
+def test_command_delay_applies_a_command_that_many_steps_after_the_state_it_answers():
+    fleet = FleetSimulator(load_drone("cf21"), {"cf1": RobotConfig()}, dt=0.01, command_delay=2, substeps=2)
+    try:
+        fleet.step()
+        k = fleet.steps
+        applied = []  # the step the applied command answers, at steps k, k + 1, ...
+        for _ in range(50):  # a controller answering every state at once
+            fleet.submit("cf1", [0.4] * 4, stamp=fleet.steps)
+            fleet.step()
+            applied.append(int(fleet.applied_step[0]))
+        assert applied[:4] == [-1, -1, k, k + 1], "the answer to step k is first applied at step k + 2"
+        assert fleet.command_age_stats()["cf1"] == {"p50": 2, "p99": 2, "max": 2}
+    finally:
+        fleet.close()
+
+
+def test_lockstep_needs_answers_to_the_current_step(fleet):
+    fleet.step()
+    fleet.submit("cf1", HOVER, stamp=0)
+    fleet.submit("cf2", HOVER, stamp=1)
+    assert fleet.waiting_for() == ["cf1"], "an answer to the previous step does not count"
+    fleet.submit("cf1", HOVER, stamp=1)
+    assert fleet.ready()
+
+
+def test_drone_dropped_from_2_m_crashes_and_its_motors_stay_off(fleet):
+    place(fleet, "cf1", (0.0, 0.0, 2.0))
+    crashes = {}
+    for _ in range(100):
+        fleet.submit("cf2", HOVER)
+        crashes.update(fleet.step())
+    assert "cf1" in crashes and "hit the ground" in crashes["cf1"], crashes
+    assert "cf2" not in crashes, "a drone resting on the ground has not crashed"
+    for _ in range(50):  # full thrust is ignored until reset
+        fleet.submit("cf1", [1.0] * 4)
+        fleet.step()
+    out = fleet.outputs()["cf1"]
+    assert out["crashed"] and out["position"][2] < 0.03 and out["rotor_speed"] == pytest.approx([0] * 4, abs=1e-6)
+    assert fleet.counters["cf1"].crashes == 1
+    fleet.reset("cf1")
+    assert not fleet.outputs()["cf1"]["crashed"]
+    for _ in range(30):
+        fleet.submit("cf1", [1.0] * 4)
+        fleet.step()
+    assert fleet.outputs()["cf1"]["position"][2] > 0.1, "after the reset the motors obey again"
+
+
+def test_gentle_landing_is_not_a_crash(fleet):
+    place(fleet, "cf1", (0.0, 0.0, 0.05), velocity=(0.0, 0.0, -0.8))
+    for _ in range(30):
+        assert fleet.step() == {}
+    assert not fleet.crashed.any()
+
+
+def test_drone_upside_down_in_flight_crashes(fleet):
+    place(fleet, "cf1", (0.0, 0.0, 2.0), quaternion=(0.0, 1.0, 0.0, 0.0))  # rolled 180 deg
+    crashes = fleet.step()
+    assert "tipped over" in crashes.get("cf1", ""), crashes
+    fleet.reset()
+    assert not fleet.crashed.any() and fleet.counters["cf1"].crashes == 1
+
+
+def test_touching_the_ground_tilted_is_a_crash(fleet):
+    tilt = math.radians(70)
+    place(fleet, "cf1", (0.0, 0.0, 0.04), quaternion=(math.cos(tilt / 2), math.sin(tilt / 2), 0.0, 0.0))
+    crashes = {}
+    for _ in range(30):
+        crashes.update(fleet.step())
+    assert "touched the ground tilted" in crashes.get("cf1", ""), crashes
+
+
+@pytest.mark.parametrize("position, velocity, rest_xy", [
+    ((math.nan, 0.0, 1.0), (0.0, 0.0, 0.0), (0.0, 0.0)),  # not finite: back at its initial x, y
+    ((0.3, -0.2, 1500.0), (0.0, 0.0, 0.0), (0.3, -0.2)),  # km high: on the ground below
+    ((5000.0, 0.0, 1.0), (0.0, 0.0, 0.0), (0.0, 0.0)),  # far away: back at its initial x, y
+    ((0.5, 0.5, 1.0), (80.0, 0.0, 0.0), (1.3, 0.5)),  # far too fast: down where one step took it
+])
+def test_runaway_state_never_reaches_the_outputs(fleet, position, velocity, rest_xy):
+    place(fleet, "cf1", position, velocity=velocity)
+    crashes = {}
+    for _ in range(20):
+        fleet.submit("cf1", [1.0] * 4)
+        crashes.update(fleet.step())
+        out = fleet.outputs()
+        for name in ("cf1", "cf2"):
+            assert all(np.isfinite(v).all() for v in out[name].values())
+            assert np.linalg.norm(out[name]["position"]) < 100 and np.linalg.norm(out[name]["velocity_world"]) < 50
+    assert "runaway state" in crashes["cf1"], crashes
+    p = fleet.outputs()["cf1"]["position"]
+    assert p[:2] == pytest.approx(rest_xy, abs=1e-3) and p[2] == pytest.approx(REST_HEIGHT, abs=2e-3)
+    assert fleet.outputs()["cf1"]["crashed"] and not fleet.outputs()["cf2"]["crashed"]
+
+
+def test_crash_limits_are_validated():
+    with pytest.raises(ValueError, match="landing_speed must be > 0"):
+        CrashLimits(landing_speed=0)
+    with pytest.raises(ValueError, match=r"tilt_deg must be in \(0, 180\]"):
+        CrashLimits(tilt_deg=200)
+
+
+class CountingController:
+    def __init__(self):
+        self.observations, self.resets = [], 0
+
+    def __call__(self, obs, yaw):
+        self.observations.append(obs)
+        return np.zeros(4)
+
+    def reset(self):
+        self.resets += 1
+
+
+def hover_state(z=0.011):
+    return {"position": np.array([0.0, 0.0, z]), "quaternion": np.array([1.0, 0, 0, 0]),
+            "velocity_world": np.zeros(3), "angular_velocity_body": np.zeros(3)}
+
+
+def test_pilot_computes_each_state_once_and_resets_when_time_goes_back():
+    controller = CountingController()
+    pilot = StampedPilot(controller, controller.reset, takeoff_height=1.0)
+    answered = [stamp for stamp in (0, 10, 10, 20, 20, 20, 30) if pilot.admit(stamp)]
+    assert answered == [0, 10, 20, 30] and pilot.duplicates == 3 and controller.resets == 0
+    assert pilot.last_action is None, "admit only decides; act computes"
+    assert pilot.admit(0), "an older stamp is a simulation reset: answer it"
+    assert controller.resets == 1 and pilot.time_jumps == 1
+    assert pilot.act(hover_state()) is pilot.last_action, "the answer kept for a copy of the state"
+    assert controller.observations[-1][:3] == pytest.approx([0, 0, -1.0]), "holds takeoff_height above the start"
+    assert not pilot.set_goal([math.nan, 0, 1], 0.0) and pilot.set_goal([1.0, 0, 1], 0.5)
+    pilot.act(hover_state())
+    assert controller.observations[-1][:3] == pytest.approx([-1.0, 0, -0.989])

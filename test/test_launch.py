@@ -11,6 +11,7 @@ import yaml
 from snn_controller.config import ConfigError
 from snn_controller.launch_file import LaunchRunner, node_command, parse_launch
 from snn_controller.ros import NODES
+from snn_controller.ros.flight_recorder import DRONE_TOPICS, recorded_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.yaml"))
@@ -42,15 +43,28 @@ def test_launch_file_is_standard_yaml_launch_and_resolves(path):
             assert "$(" not in value, f"unresolved substitution in {name}={value}"
 
 
-def test_sim_pid_launch_matches_the_fleet():
-    desc = parse_launch("sim_pid.launch.yaml", {"mode": "lockstep", "drone": "cf2x"})
-    sims = [n for n in desc.nodes if n.executable == "sim_bridge"]
-    pids = [n for n in desc.nodes if n.executable == "pid_controller"]
-    assert len(sims) == 1 and dict(sims[0].parameters)["mode"] == "lockstep"
-    assert sorted(n.namespace for n in pids) == ["/cf1", "/cf2"]
-    assert all(dict(n.parameters)["drone"] == "cf2x" for n in pids)
-    fleet = yaml.safe_load((ROOT / "config" / "crazyflies.yaml").read_text())
-    assert sorted("/" + r for r in fleet["robots"]) == sorted(n.namespace for n in pids)
+@pytest.mark.parametrize("launch, controller", [("sim_pid.launch.yaml", "pid_controller"),
+                                                ("sim_snn.launch.yaml", "snn_policy")])
+def test_one_controller_node_flies_the_fleet_file_the_simulator_simulates(launch, controller, tmp_path):
+    fleet = tmp_path / "three.yaml"
+    fleet.write_text("robots:\n  a: {}\n  b: {initial_position: [1, 0, 0]}\n  c: {enabled: false}\n")
+    arguments = {"mode": "lockstep", "drone": "cf2x", "crazyflies": str(fleet)}
+    desc = parse_launch(launch, {**arguments, "record": "true"} if "record" in parse_launch(launch).arguments
+                        else arguments)
+    by_exec = {}
+    for n in desc.nodes:
+        by_exec.setdefault(n.executable, []).append(n)
+    assert len(by_exec["sim_bridge"]) == 1 and dict(by_exec["sim_bridge"][0].parameters)["mode"] == "lockstep"
+    assert len(by_exec[controller]) == 1, "one controller process for the whole fleet"
+    params = dict(by_exec[controller][0].parameters)
+    assert params["crazyflies"] == str(fleet) == dict(by_exec["sim_bridge"][0].parameters)["crazyflies"]
+    assert params["drone"] == "cf2x" and by_exec[controller][0].namespace == ""
+    if "flight_recorder" in by_exec:  # the recorder derives the per-drone topics from the same file
+        recorder = dict(by_exec["flight_recorder"][0].parameters)
+        assert recorder["crazyflies"] == str(fleet)
+        topics = recorded_topics(yaml.safe_load(recorder["topics"]), recorder["crazyflies"], DRONE_TOPICS)
+        assert {"/a/cmd_motors_stamped", "/b/cmd_motors_stamped", "/a/odom", "/clock", "/diagnostics"} <= set(topics)
+        assert not any(t.startswith("/c/") for t in topics), "a disabled drone is not recorded"
 
 
 def test_launch_errors_name_the_problem(tmp_path):
@@ -115,6 +129,10 @@ def test_snnctl_launch_flies_the_fleet(ros_env):
         # takeoff_height 1.0 above the resting position (centre 0.011 m above the ground)
         assert abs(x - start_x) < 0.03 and abs(y) < 0.03 and abs(z - 1.011) < 0.03, s
         assert s["hover_spread_m"] < 0.02, s
+        # the simulator's command age per drone (sim_bridge's /diagnostics), in control steps
+        assert all(isinstance(s["command_age"][k], int) for k in ("p50", "p99", "max")), s
+        assert s["command_age"]["p50"] <= s["command_age"]["p99"] <= s["command_age"]["max"], s
+        assert s["crashes"] == 0, s
 
 
 def test_launch_runner_stops_every_process(ros_env):

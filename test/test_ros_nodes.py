@@ -42,7 +42,8 @@ class Probe:
 
     def _on_diag(self, msg):
         for status in msg.status:
-            self.diagnostics[status.hardware_id] = {kv.key: kv.value for kv in status.values}
+            if status.name.startswith("sim_bridge"):  # controllers report per drone too
+                self.diagnostics[status.hardware_id] = {kv.key: kv.value for kv in status.values}
 
     def spin_until(self, predicate, timeout):
         return spin_until(self.executor, predicate, timeout)

@@ -1,4 +1,5 @@
-"""snn_policy as a separate process: flies the shipped model with sim_bridge; failsafe on NaN and stale odometry."""
+"""snn_policy as a separate process: flies the shipped model with sim_bridge (one drone, or a
+fleet from one node); failsafe on NaN and stale odometry."""
 
 import time
 from pathlib import Path
@@ -9,11 +10,14 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from geometry_msgs.msg import PoseStamped  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
-from std_msgs.msg import Float32MultiArray  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
 
 from test_ros_nodes import SIM, Probe  # noqa: E402
 from snn_controller.ros import qos  # noqa: E402
+from snn_controller.ros.monitor import FleetMonitor  # noqa: E402
+from snn_controller.ros.conversions import time_from_ns  # noqa: E402
 
 SNN = "snn_controller.ros.snn_policy"
 MODEL = Path(__file__).resolve().parents[1] / "models" / "td3bc_jsrl_cf21.safetensors"
@@ -22,23 +26,29 @@ MODEL = Path(__file__).resolve().parents[1] / "models" / "td3bc_jsrl_cf21.safete
 class SNNProbe(Probe):
     def __init__(self, context):
         super().__init__(context)
-        self.policy_status = {}
+        self.policy_status = {}  # the last snn_policy status of any drone
+        self.policy_statuses = {}  # drone -> its last snn_policy status (and "message")
         self.commands = 0
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_policy_diag, qos.STATE)
-        self.node.create_subscription(Float32MultiArray, "/cf1/cmd_motors", self._on_cmd, qos.COMMAND)
+        self.node.create_subscription(JointState, "/cf1/cmd_motors_stamped", self._on_cmd, qos.COMMAND)
         self.odom_pub = self.node.create_publisher(Odometry, "/cf1/odom", qos.STATE)
+        self.stamp_ns = 0
 
     def _on_policy_diag(self, msg):
         for status in msg.status:
             if status.name.startswith("snn_policy"):
                 self.policy_status = {kv.key: kv.value for kv in status.values}
+                self.policy_statuses[status.hardware_id] = {**self.policy_status, "message": status.message}
 
     def _on_cmd(self, _msg):
         self.commands += 1
 
     def hover_odom(self, nan=False):
+        """A hover state with a new stamp (10 ms after the last): the node answers each stamp once."""
+        self.stamp_ns += 10_000_000
         msg = Odometry()
         msg.header.frame_id = "world"
+        msg.header.stamp = time_from_ns(self.stamp_ns)
         msg.pose.pose.position.z = float("nan") if nan else 1.0
         msg.pose.pose.orientation.w = 1.0
         return msg
@@ -66,11 +76,46 @@ def test_shipped_model_flies_sim_drone_to_goal(processes, snn_probe, one_drone_f
     assert len(spikes) == 2 and min(spikes) > 0, "the network must be spiking while it flies"
 
 
+def test_one_snn_policy_node_flies_every_drone_of_the_fleet_file(processes, snn_probe, tmp_path):
+    probe = snn_probe
+    fleet = tmp_path / "crazyflies.yaml"
+    fleet.write_text("robots:\n  cf1: {initial_position: [0, 0, 0]}\n  cf2: {initial_position: [1, 0.5, 0]}\n")
+    monitor = FleetMonitor(["cf1", "cf2"], context=probe.node.context)
+    probe.executor.add_node(monitor)
+    try:
+        processes.start(SIM, "-p", f"crazyflies:={fleet}", "-p", "mode:=realtime")
+        processes.start(SNN, "-p", f"crazyflies:={fleet}", "-p", f"model:={MODEL}", "-p", "takeoff_height:=0.5")
+        cf2_goal = probe.node.create_publisher(PoseStamped, "/cf2/goal_pose", qos.LATCHED)
+        msg = PoseStamped()
+        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = 1.2, 0.3, 0.7
+        msg.pose.orientation.w = 1.0
+        cf2_goal.publish(msg)  # latched: the node gets it whenever it subscribes
+        goals = {"cf1": np.array([0.0, 0.0, 0.511]), "cf2": np.array([1.2, 0.3, 0.7])}  # cf1: takeoff height
+
+        def hovering():  # every drone within 5 cm of its own goal for the last second
+            windows = {n: monitor.window(n, 1.0) for n in goals}
+            return all(len(w) > 50 and w[-1, 0] > 1.5 and np.linalg.norm(w[:, 1:4] - goals[n], axis=1).max() < 0.05
+                       for n, w in windows.items())
+
+        assert probe.spin_until(hovering, 40), f"{monitor.summary()}\n" + processes.logs()
+        networks = lambda: all(probe.policy_statuses.get(n, {}).get("message") == "network flying"  # noqa: E731
+                               for n in goals)
+        assert probe.spin_until(networks, 10), probe.policy_statuses
+        assert probe.spin_until(lambda: all(monitor.command_age(n)["p50"] is not None for n in goals), 5)
+        summary = monitor.summary()
+        for name in goals:
+            assert summary[name]["crashes"] == 0 and summary[name]["command_age"]["p50"] <= 2, summary
+            assert probe.policy_statuses[name]["faults"] == "0", probe.policy_statuses[name]
+    finally:
+        probe.executor.remove_node(monitor)
+        monitor.destroy_node()
+
+
 def test_failsafe_on_nan_and_stale_odometry(processes, snn_probe):
     probe = snn_probe
     processes.start(SNN, "-r", "__ns:=/cf1", "-p", f"model:={MODEL}", "-p", "odom_timeout:=0.1")
     assert probe.spin_until(lambda: probe.odom_pub.get_subscription_count() > 0
-                            and probe.node.count_publishers("/cf1/cmd_motors") > 0, 20), processes.logs()
+                            and probe.node.count_publishers("/cf1/cmd_motors_stamped") > 0, 20), processes.logs()
 
     def stream_until(predicate, timeout, nan_at=None):
         """Publish hover odometry at ~100 Hz until ``predicate`` holds (the node must never starve)."""

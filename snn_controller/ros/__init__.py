@@ -16,4 +16,5 @@ NODES = {
     "snn_policy": "snn_controller.ros.snn_policy",
     "flight_recorder": "snn_controller.ros.flight_recorder",
     "trainer": "snn_controller.ros.trainer",
+    "mission_sequencer": "snn_controller.ros.mission_sequencer",
 }

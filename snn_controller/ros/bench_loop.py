@@ -1,4 +1,5 @@
-"""End-to-end ROS latency through snn_policy: odometry published -> cmd_motors received."""
+"""End-to-end ROS latency through snn_policy: odometry published -> the command answering it
+(cmd_motors_stamped, matched by stamp) received."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ def bench_loop(model: str | None = None, rates=(100.0, 500.0), seconds: float = 
     import rclpy
     from nav_msgs.msg import Odometry
     from rclpy.executors import SingleThreadedExecutor
-    from std_msgs.msg import Float32MultiArray
+    from sensor_msgs.msg import JointState
 
     from . import qos
+    from .conversions import stamp_ns, time_from_ns
 
     cmd = [sys.executable, "-m", "snn_controller.ros.snn_policy", "--ros-args", "-r", "__ns:=/bench"]
     if model:
@@ -29,18 +31,18 @@ def bench_loop(model: str | None = None, rates=(100.0, 500.0), seconds: float = 
     node = rclpy.create_node("bench_loop_driver", context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
-    # Each answer is matched to the latest odometry sent; an odometry still unanswered when the
-    # next one goes out counts as missed (so a lost message never shifts the matching).
-    pending: list = [None]
+    # Each odometry carries a new stamp; an answer is matched to the odometry of its stamp, so a
+    # state the node skipped (it answers the newest one) counts as unanswered, never shifts the matching.
+    sent: dict[int, float] = {}  # stamp [ns] -> send time
     latencies: list[float] = []
 
-    def on_cmd(_msg):
-        if pending[0] is not None:
-            latencies.append(time.perf_counter() - pending[0])
-            pending[0] = None
+    def on_cmd(msg):
+        sent_at = sent.pop(stamp_ns(msg.header.stamp), None)
+        if sent_at is not None:
+            latencies.append(time.perf_counter() - sent_at)
 
     pub = node.create_publisher(Odometry, "/bench/odom", qos.STATE)
-    node.create_subscription(Float32MultiArray, "/bench/cmd_motors", on_cmd, qos.COMMAND)
+    node.create_subscription(JointState, "/bench/cmd_motors_stamped", on_cmd, qos.COMMAND)
     msg = Odometry()
     msg.header.frame_id, msg.child_frame_id = "world", "bench"
     msg.pose.pose.position.z = 1.0
@@ -48,12 +50,13 @@ def bench_loop(model: str | None = None, rates=(100.0, 500.0), seconds: float = 
     result = {"model": model or "shipped", "seconds_per_rate": seconds}
     try:
         deadline = time.monotonic() + 30
-        while pub.get_subscription_count() == 0 or node.count_publishers("/bench/cmd_motors") == 0:
+        while pub.get_subscription_count() == 0 or node.count_publishers("/bench/cmd_motors_stamped") == 0:
             executor.spin_once(timeout_sec=0.05)
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("snn_policy did not come up: " + (proc.stderr.read() if proc.poll() else "timeout"))
+        stamp = 0
         for rate in [rates[0], *rates]:  # the first pass (discarded) lets discovery settle
-            pending[0] = None
+            sent.clear()
             latencies.clear()
             period, t_next = 1.0 / rate, time.perf_counter()
             end = t_next + seconds
@@ -61,13 +64,15 @@ def bench_loop(model: str | None = None, rates=(100.0, 500.0), seconds: float = 
             while time.perf_counter() < end:
                 now = time.perf_counter()
                 if now >= t_next:
-                    pending[0] = time.perf_counter()
+                    stamp += 1_000_000  # a new state each time: the node answers each stamp once
+                    msg.header.stamp = time_from_ns(stamp)
+                    sent[stamp] = time.perf_counter()
                     pub.publish(msg)
                     n_sent += 1
                     t_next += period
                 executor.spin_once(timeout_sec=max(0.0, min(t_next - time.perf_counter(), 0.001)))
             drain = time.perf_counter() + 0.5
-            while pending[0] is not None and time.perf_counter() < drain:
+            while len(latencies) < n_sent and time.perf_counter() < drain:
                 executor.spin_once(timeout_sec=0.01)
             us = np.array(latencies) * 1e6
             if n_sent and "warm_up" not in result:

@@ -1,21 +1,45 @@
-"""Message <-> array conversions (named functions, no logic)."""
+"""Message <-> array conversions (named functions, no logic).
+
+Motor commands from our controllers are ``sensor_msgs/JointState`` (:func:`motor_command_msg`):
+a standard message (no custom .msg has to be built, which a pip-only install cannot do reliably),
+with a header whose stamp says which odometry the command answers, and a name per motor
+(``m1``..``m4``, the motor order of task.md) with the command in ``effort`` (action units,
+[-1, 1]); position and velocity stay empty. Stamps are built from integer nanoseconds.
+"""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
-from sensor_msgs.msg import Imu
+from sensor_msgs.msg import Imu, JointState
 
+from ..fleet import NS_PER_S
 from ..geometry import quat_to_matrix, yaw_of
+
+MOTOR_NAMES = ["m1", "m2", "m3", "m4"]
+
+
+def time_from_ns(nanoseconds: int) -> Time:
+    sec, nanosec = divmod(int(nanoseconds), NS_PER_S)
+    return Time(sec=sec, nanosec=nanosec)
 
 
 def time_msg(seconds: float) -> Time:
-    sec = math.floor(seconds)
-    return Time(sec=int(sec), nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
+    """Seconds as a Time, rounded to the nanosecond (1.9999999999 s is sec=2, nanosec=0)."""
+    return time_from_ns(round(seconds * NS_PER_S))
+
+
+def stamp_ns(stamp: Time) -> int:
+    return stamp.sec * NS_PER_S + stamp.nanosec
+
+
+def motor_command_msg(stamp: Time, action) -> JointState:
+    """A command answering the odometry stamped ``stamp``: 4 motor commands in [-1, 1]."""
+    msg = JointState(name=MOTOR_NAMES, effort=[float(a) for a in action])
+    msg.header.stamp = stamp
+    return msg
 
 
 def _set_quaternion(msg_q, q_wxyz) -> None:

@@ -1,8 +1,12 @@
 """flight_recorder: record topics to a rosbag2 (MCAP) bag, as ``ros2 bag record -s mcap`` would.
 
-Subscribes raw (serialized) to each topic in ``topics`` once it appears in the graph (its type
+Subscribes raw (serialized) to each topic it records once it appears in the graph (its type
 taken from the graph), and writes the bytes with the receive time. The bag is closed cleanly on
 shutdown. Topics are resolved relative to the node's namespace like any other name.
+
+Parameters: ``topics`` (recorded as given), ``crazyflies`` (a fleet file; '' = none: with one,
+also /<name>/<t> for every enabled drone <name> and every ``drone_topics`` entry t),
+``drone_topics``, ``output`` (bag directory), ``overwrite``.
 """
 
 from __future__ import annotations
@@ -12,8 +16,11 @@ import importlib
 from rclpy.node import Node
 
 from ..bag import BagWriter
+from ..fleet import load_fleet
 from . import qos
 from .node_main import run
+
+DRONE_TOPICS = ("odom", "pose", "imu", "cmd_motors_stamped", "cmd_motors", "goal_pose")
 
 
 def message_class(msgtype: str):
@@ -22,14 +29,24 @@ def message_class(msgtype: str):
     return getattr(importlib.import_module(f"{package}.{kind}"), name)
 
 
+def recorded_topics(topics, fleet_file: str, drone_topics) -> list[str]:
+    """``topics``, plus /<name>/<t> for every enabled drone of ``fleet_file`` ('' = none) and t in ``drone_topics``."""
+    if not fleet_file:
+        return list(topics)
+    return [*topics, *(f"/{name}/{t}" for name in load_fleet(fleet_file).enabled_robots() for t in drone_topics)]
+
+
 class FlightRecorder(Node):
     def __init__(self):
         super().__init__("flight_recorder")
         self.declare_parameter("output", "flight_bag")  # bag directory to create
         self.declare_parameter("topics", ["/clock"])  # topics to record
+        self.declare_parameter("crazyflies", "")  # fleet file: also record drone_topics of each drone
+        self.declare_parameter("drone_topics", list(DRONE_TOPICS))  # per-drone topics, under /<name>/
         self.declare_parameter("overwrite", False)  # replace an existing bag directory
-        output, topics, overwrite = (self.get_parameter(n).value for n in ("output", "topics", "overwrite"))
-        self.wanted = [self.resolve_topic_name(t) for t in topics]
+        output, topics, fleet_file, drone_topics, overwrite = (self.get_parameter(n).value for n in (
+            "output", "topics", "crazyflies", "drone_topics", "overwrite"))
+        self.wanted = [self.resolve_topic_name(t) for t in recorded_topics(topics, fleet_file, drone_topics)]
         self.bag = BagWriter(output, overwrite=overwrite)
         self.subscribed = set()
         self.create_timer(0.5, self.discover)

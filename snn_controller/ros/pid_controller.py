@@ -1,9 +1,17 @@
-"""pid_controller: the cascaded PID flies one drone to a goal.
+"""pid_controller: the cascaded PID flies one drone, or every drone of a fleet file, to its goal.
 
-Subscribes odom (nav_msgs/Odometry) and goal_pose (geometry_msgs/PoseStamped, world frame, yaw
-from its orientation); publishes cmd_motors (std_msgs/Float32MultiArray) once per odometry
-message, so it runs at the simulator's (or the drone's) rate and works in lockstep mode.
+Per drone: subscribes odom (nav_msgs/Odometry, newest state only: qos.LATEST_STATE) and
+goal_pose (geometry_msgs/PoseStamped, world frame, yaw from its orientation); publishes
+cmd_motors_stamped (sensor_msgs/JointState, see conversions.py: header.stamp = the stamp of the
+odometry it answers, effort = 4 motor commands in [-1, 1]) once per new state, so it runs at the
+simulator's (or the drone's) rate and works in lockstep mode. A copy of the state just answered
+(lockstep re-sends it when the answer is missing) is not computed again: the same answer goes out
+again. An older stamp (the simulation was reset) resets the controller and is answered.
 Until a goal arrives it holds ``takeoff_height`` above the first odometry position.
+
+Parameters: ``crazyflies`` (fleet file; '' = fly the one drone of the node's namespace, relative
+topics; else every enabled drone <name> of the file on /<name>/odom, /<name>/goal_pose,
+/<name>/cmd_motors_stamped), ``drone``, ``gains``, ``rate``, ``takeoff_height``.
 """
 
 from __future__ import annotations
@@ -12,56 +20,65 @@ import numpy as np
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
-from std_msgs.msg import Float32MultiArray
+from sensor_msgs.msg import JointState
 
 from ..drone import load_drone
-from ..geometry import observation
+from ..fleet import StampedPilot, controlled_drones
 from ..pid import PIDController, load_pid_gains
 from . import qos
-from .conversions import odometry_arrays, pose_target
+from .conversions import motor_command_msg, odometry_arrays, pose_target, stamp_ns
 from .node_main import run
 
 
 class PIDControllerNode(Node):
     def __init__(self):
         super().__init__("pid_controller")
+        self.declare_parameter("crazyflies", "")  # fleet file: fly all its drones; '' = the namespace's drone
         self.declare_parameter("drone", "cf21")  # drone model name or path
         self.declare_parameter("gains", "")  # PID gains YAML; '' = config/controllers/pid.yaml
         self.declare_parameter("rate", 100.0)  # Hz, the odometry (control) rate
         self.declare_parameter("takeoff_height", 0.5)  # m above the start, held until a goal arrives
-        drone, gains_file, rate, self.takeoff_height = (self.get_parameter(n).value for n in (
-            "drone", "gains", "rate", "takeoff_height"))
+        fleet_file, drone, gains_file, rate, takeoff_height = (self.get_parameter(n).value for n in (
+            "crazyflies", "drone", "gains", "rate", "takeoff_height"))
         if rate <= 0:
             raise ValueError(f"parameter rate must be > 0, got {rate}")
-        gains = load_pid_gains(gains_file or None)
-        self.controller = PIDController(load_drone(drone), 1, dt=1.0 / rate, gains=gains)
-        self.goal, self.goal_yaw = None, 0.0
+        model, gains = load_drone(drone), load_pid_gains(gains_file or None)
         self.rejected = 0
-        self.cmd_pub = self.create_publisher(Float32MultiArray, "cmd_motors", qos.COMMAND)
-        self.create_subscription(Odometry, "odom", self.on_odom, qos.STATE)
-        self.create_subscription(PoseStamped, "goal_pose", self.on_goal, qos.LATCHED)
+        self.pilots, self.cmd_pubs = {}, {}
+        for name, prefix in controlled_drones(fleet_file, self.get_namespace()).items():
+            controller = PIDController(model, 1, dt=1.0 / rate, gains=gains)
+            self.pilots[name] = StampedPilot(lambda obs, yaw, c=controller: self.fly(c, obs, yaw),
+                                             controller.reset, takeoff_height)
+            self.cmd_pubs[name] = self.create_publisher(JointState, prefix + "cmd_motors_stamped", qos.COMMAND)
+            self.create_subscription(Odometry, prefix + "odom", lambda m, n=name: self.on_odom(n, m),
+                                     qos.LATEST_STATE)
+            self.create_subscription(PoseStamped, prefix + "goal_pose", lambda m, n=name: self.on_goal(n, m),
+                                     qos.LATCHED)
+        self.get_logger().info(f"flying {list(self.pilots)}")
 
-    def on_goal(self, msg: PoseStamped) -> None:
+    def on_goal(self, name: str, msg: PoseStamped) -> None:
         goal, yaw = pose_target(msg)
-        if not (np.isfinite(goal).all() and np.isfinite(yaw)):
-            self.get_logger().warn("ignoring a goal_pose with NaN or inf", throttle_duration_sec=2.0)
+        if not self.pilots[name].set_goal(goal, yaw):
+            self.get_logger().warn(f"{name}: ignoring a goal_pose with NaN or inf", throttle_duration_sec=2.0)
             return
-        self.goal, self.goal_yaw = goal, yaw
-        self.get_logger().info(f"goal {np.round(goal, 3).tolist()} yaw {yaw:.2f} rad")
+        # throttled: a mission_sequencer moves the goal at 20 Hz
+        self.get_logger().info(f"{name}: goal {np.round(goal, 3).tolist()} yaw {yaw:.2f} rad", throttle_duration_sec=1.0)
 
-    def on_odom(self, msg: Odometry) -> None:
-        state = odometry_arrays(msg)
-        if not all(np.isfinite(v).all() for v in state.values()):
+    def on_odom(self, name: str, msg: Odometry) -> None:
+        pilot = self.pilots[name]
+        if pilot.admit(stamp_ns(msg.header.stamp)):
+            pilot.act(odometry_arrays(msg))
+        # else a copy of the state just answered: its answer again, not computed again
+        if pilot.last_action is not None:
+            self.cmd_pubs[name].publish(motor_command_msg(msg.header.stamp, pilot.last_action))
+
+    def fly(self, controller: PIDController, obs: np.ndarray, yaw: float):
+        if not np.isfinite(obs).all():
             self.rejected += 1
             self.get_logger().warn(f"ignoring odometry with NaN or inf ({self.rejected} so far)",
                                    throttle_duration_sec=2.0)
-            return
-        if self.goal is None:
-            self.goal = state["position"] + np.array([0.0, 0.0, self.takeoff_height])
-        obs = observation(state["position"], state["quaternion"], state["velocity_world"],
-                          state["angular_velocity_body"], self.goal)
-        action = self.controller(obs, target_yaw=np.array([self.goal_yaw]))[0]
-        self.cmd_pub.publish(Float32MultiArray(data=[float(a) for a in action]))
+            return None
+        return controller(obs[None], target_yaw=np.array([yaw]))[0]
 
 
 def main(args=None):

@@ -1,13 +1,33 @@
 """sim_bridge: simulated Crazyflies (pybullet) on ROS 2 topics.
 
 Per drone <name> (from crazyflies.yaml): publishes <name>/odom (nav_msgs/Odometry), <name>/pose
-(PoseStamped), <name>/imu (sensor_msgs/Imu) every control step; subscribes <name>/cmd_motors
-(std_msgs/Float32MultiArray, 4 values in [-1, 1]); services <name>/reset and <name>/emergency
-(std_srvs/Trigger). Also /clock (sim time), ~/reset for the whole fleet, and /diagnostics
-(1 Hz: per drone the accepted, clamped and rejected commands and watchdog timeouts).
+(PoseStamped), <name>/imu (sensor_msgs/Imu) every control step, all stamped with the step's
+time (step * dt in integer nanoseconds); subscribes <name>/cmd_motors_stamped
+(sensor_msgs/JointState, what our controllers send: header.stamp = the odometry stamp the
+command answers, effort = 4 values in [-1, 1], motor order m1..m4) and <name>/cmd_motors
+(std_msgs/Float32MultiArray, 4 values, unstamped: for your own controllers, taken as answering
+the newest state); services <name>/reset and <name>/emergency (std_srvs/Trigger). Also /clock
+(sim time), ~/reset for the whole fleet (time goes back to 0), and /diagnostics (1 Hz, per drone:
+accepted, clamped, rejected and stale commands, watchdog timeouts, command age p50/p99/max in
+steps, crashed and the crash count).
 
-Modes: realtime (paced by the wall clock), lockstep (a step when every drone's command has
-arrived: deterministic sim-in-the-loop), fast (as fast as the machine steps).
+Command age: control steps between the state a command answers and the step it is applied to
+(0 when every answer arrives before the next step). A warning (rate-limited) says when its p99
+exceeds ``command_age_warn``. ``command_delay`` adds that many steps of latency on purpose.
+
+Modes: realtime (paced by the wall clock), lockstep (a step when every flying drone has answered
+the current state: deterministic sim-in-the-loop; the state is sent again, same stamp, to drones
+whose answer is missing after ``lockstep_resend``, and the step is taken without them after
+``lockstep_timeout``), fast (as fast as the machine steps).
+
+Crashes (the firmware supervisor's rules, in the core): a hard landing, a ground contact while
+tilted, or tipping over stops the drone's motors until it is reset; a non-finite or runaway state
+is never published (the drone is held at rest on the ground, crashed). Each crash is logged once.
+
+Parameters (declared at the top of SimBridge, with their defaults and units): crazyflies, drone,
+mode, rate, command_timeout, command_delay, command_age_warn, lockstep_resend, lockstep_timeout,
+crash_landing_speed, crash_contact_tilt_deg, crash_tilt_deg, runaway_distance, runaway_speed,
+substeps, gui, ground_effect, drag, frame_id.
 """
 
 from __future__ import annotations
@@ -19,14 +39,14 @@ from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import Imu
+from sensor_msgs.msg import Imu, JointState
 from std_msgs.msg import Float32MultiArray
 from std_srvs.srv import Trigger
 
 from ..drone import load_drone
-from ..fleet import FleetSimulator, load_fleet
+from ..fleet import CrashLimits, FleetSimulator, load_fleet
 from . import qos
-from .conversions import imu_msg, odometry_msg, pose_msg, time_msg
+from .conversions import imu_msg, odometry_msg, pose_msg, stamp_ns, time_from_ns
 from .node_main import run
 
 MODES = ("realtime", "lockstep", "fast")
@@ -40,31 +60,51 @@ class SimBridge(Node):
         self.declare_parameter("mode", "realtime")  # realtime | lockstep | fast
         self.declare_parameter("rate", 100.0)  # Hz, control rate
         self.declare_parameter("command_timeout", 0.5)  # s of sim time without commands -> motors stop
+        self.declare_parameter("command_delay", 0)  # steps: a command applies this long after its state, at the earliest
+        self.declare_parameter("command_age_warn", 2)  # steps: warn when the command age p99 is larger
+        self.declare_parameter("lockstep_resend", 0.1)  # s of wall time before the state is sent again
         self.declare_parameter("lockstep_timeout", 1.0)  # s of wall time a lockstep waits for commands
+        self.declare_parameter("crash_landing_speed", 1.5)  # m/s: a harder ground contact is a crash
+        self.declare_parameter("crash_contact_tilt_deg", 60.0)  # ground contact tilted more: a crash
+        self.declare_parameter("crash_tilt_deg", 90.0)  # tilted more anywhere (upside down): a crash
+        self.declare_parameter("runaway_distance", 100.0)  # m from the origin: a runaway state
+        self.declare_parameter("runaway_speed", 50.0)  # m/s: a runaway state
         self.declare_parameter("substeps", 10)  # physics steps per control step
         self.declare_parameter("gui", False)
         self.declare_parameter("ground_effect", False)
         self.declare_parameter("drag", False)
         self.declare_parameter("frame_id", "world")
         p = {name: self.get_parameter(name).value for name in (
-            "crazyflies", "drone", "mode", "rate", "command_timeout", "lockstep_timeout", "substeps", "gui",
-            "ground_effect", "drag", "frame_id")}
+            "crazyflies", "drone", "mode", "rate", "command_timeout", "command_delay", "command_age_warn",
+            "lockstep_resend", "lockstep_timeout", "crash_landing_speed", "crash_contact_tilt_deg",
+            "crash_tilt_deg", "runaway_distance", "runaway_speed", "substeps", "gui", "ground_effect", "drag",
+            "frame_id")}
         if p["mode"] not in MODES:
             raise ValueError(f"parameter mode must be one of {MODES}, got {p['mode']!r}")
         if p["rate"] <= 0:
             raise ValueError(f"parameter rate must be > 0, got {p['rate']}")
+        if p["lockstep_resend"] <= 0:
+            raise ValueError(f"parameter lockstep_resend must be > 0, got {p['lockstep_resend']}")
+        crash = CrashLimits(landing_speed=p["crash_landing_speed"], contact_tilt_deg=p["crash_contact_tilt_deg"],
+                            tilt_deg=p["crash_tilt_deg"], max_distance=p["runaway_distance"],
+                            max_speed=p["runaway_speed"])
         fleet = load_fleet(p["crazyflies"] or None)
         model = load_drone(p["drone"] or fleet.all.drone)
         self.sim = FleetSimulator(model, fleet.enabled_robots(), dt=1.0 / p["rate"],
-                                  command_timeout=p["command_timeout"], substeps=p["substeps"], gui=p["gui"],
+                                  command_timeout=p["command_timeout"], command_delay=p["command_delay"],
+                                  crash=crash, substeps=p["substeps"], gui=p["gui"],
                                   ground_effect=p["ground_effect"], drag=p["drag"])
-        self.mode, self.frame_id, self.lockstep_timeout = p["mode"], p["frame_id"], p["lockstep_timeout"]
+        self.mode, self.frame_id = p["mode"], p["frame_id"]
+        self.command_age_warn = p["command_age_warn"]
+        self.lockstep_resend, self.lockstep_timeout = p["lockstep_resend"], p["lockstep_timeout"]
         self.clock_pub = self.create_publisher(Clock, "/clock", qos.CLOCK)
         self.pubs = {}
         for name in self.sim.names:
             self.pubs[name] = (self.create_publisher(Odometry, f"{name}/odom", qos.STATE),
                                self.create_publisher(PoseStamped, f"{name}/pose", qos.STATE),
                                self.create_publisher(Imu, f"{name}/imu", qos.STATE))
+            self.create_subscription(JointState, f"{name}/cmd_motors_stamped",
+                                     lambda msg, n=name: self.on_stamped_command(n, msg), qos.COMMAND)
             self.create_subscription(Float32MultiArray, f"{name}/cmd_motors",
                                      lambda msg, n=name: self.on_command(n, msg), qos.COMMAND)
             self.create_service(Trigger, f"{name}/reset", lambda req, res, n=name: self.on_reset(res, n))
@@ -72,20 +112,28 @@ class SimBridge(Node):
         self.create_service(Trigger, "~/reset", lambda req, res: self.on_reset(res, None))
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos.STATE)
         self.create_timer(1.0, self.on_diagnostics)
-        self.last_step_wall = time.monotonic()
+        self.last_step_wall = self.last_send_wall = time.monotonic()
         self.wall_start, self.sim_start = time.monotonic(), self.sim.time
-        period = {"realtime": 1.0 / p["rate"], "lockstep": 0.1, "fast": 0.0}[self.mode]
+        period = {"realtime": 1.0 / p["rate"], "lockstep": self.lockstep_resend / 2, "fast": 0.0}[self.mode]
         self.create_timer(period, self.on_timer)
-        self.get_logger().info(f"simulating {self.sim.names} ({model.name}) in {self.mode} mode at {p['rate']} Hz")
+        self.get_logger().info(f"simulating {self.sim.names} ({model.name}) in {self.mode} mode at {p['rate']} Hz"
+                               + (f", commands delayed {p['command_delay']} steps" if p["command_delay"] else ""))
         self.publish()
 
     # --- callbacks ---------------------------------------------------------------------
+    def on_stamped_command(self, name: str, msg: JointState) -> None:
+        self.take_command(name, msg.effort, self.sim.step_of_stamp(stamp_ns(msg.header.stamp)),
+                          "cmd_motors_stamped")
+
     def on_command(self, name: str, msg: Float32MultiArray) -> None:
-        status = self.sim.submit(name, msg.data)
+        self.take_command(name, msg.data, None, "cmd_motors")
+
+    def take_command(self, name: str, values, step, topic: str) -> None:
+        status = self.sim.submit(name, values, stamp=step)
         if status != "ok":
             c = self.sim.counters[name]
-            self.get_logger().warn(f"{name}/cmd_motors {status} (rejected {c.rejected}, clamped {c.clamped})",
-                                   throttle_duration_sec=2.0)
+            self.get_logger().warn(f"{name}/{topic} {status} (rejected {c.rejected}, clamped {c.clamped}, "
+                                   f"stale {c.stale})", throttle_duration_sec=2.0)
         if self.mode == "lockstep" and self.sim.ready():
             self.advance()
 
@@ -94,23 +142,37 @@ class SimBridge(Node):
             self.advance()
             if self.mode == "realtime":
                 self.check_pace()
-        elif time.monotonic() - self.last_step_wall > self.lockstep_timeout:
-            missing = [n for n, f in zip(self.sim.names, self.sim.fresh | self.sim.stopped) if not f]
-            self.get_logger().warn(f"lockstep: no command from {missing} for {self.lockstep_timeout} s; "
-                                   "stepping without them", throttle_duration_sec=5.0)
+            return
+        now = time.monotonic()
+        if self.sim.ready():  # nobody flies (all stopped or crashed): nothing to wait for
             self.advance()
-        else:
-            self.publish()  # the state again (same stamp), in case a controller missed it
+        elif now - self.last_step_wall > self.lockstep_timeout:
+            self.get_logger().warn(f"lockstep: no command from {self.sim.waiting_for()} for "
+                                   f"{self.lockstep_timeout} s; stepping without them", throttle_duration_sec=5.0)
+            self.advance()
+        elif now - self.last_send_wall >= self.lockstep_resend:
+            self.publish(odometry_only_to=self.sim.waiting_for())  # in case a controller missed it
 
     def on_diagnostics(self) -> None:
         msg = DiagnosticArray()
-        msg.header.stamp = time_msg(self.sim.time)
+        msg.header.stamp = time_from_ns(self.sim.stamp_ns())
+        ages = self.sim.command_age_stats()
         for name, c in self.sim.counters.items():
-            level = DiagnosticStatus.WARN if (c.rejected or c.timeouts) else DiagnosticStatus.OK
-            values = [KeyValue(key=k, value=str(v)) for k, v in vars(c).items()]
-            values.append(KeyValue(key="emergency_stopped", value=str(bool(self.sim.stopped[self.sim.index[name]]))))
-            msg.status.append(DiagnosticStatus(level=level, name=f"sim_bridge: {name}", hardware_id=name,
-                                               message="commands", values=values))
+            i = self.sim.index[name]
+            age = ages[name]
+            late = age["p99"] is not None and age["p99"] > self.command_age_warn
+            if late:
+                self.get_logger().warn(f"{name}: command age p99 {age['p99']} steps > command_age_warn "
+                                       f"{self.command_age_warn}: its commands answer old states",
+                                       throttle_duration_sec=10.0)
+            crashed = bool(self.sim.crashed[i])
+            level = DiagnosticStatus.WARN if (c.rejected or c.timeouts or crashed or late) else DiagnosticStatus.OK
+            values = {**vars(c), "emergency_stopped": bool(self.sim.stopped[i]), "crashed": crashed,
+                      **{f"command_age_{k}": "none" if v is None else v for k, v in age.items()}}
+            msg.status.append(DiagnosticStatus(
+                level=level, name=f"sim_bridge: {name}", hardware_id=name,
+                message=f"crashed: {self.sim.crash_reason[name]}" if crashed else "commands",
+                values=[KeyValue(key=k, value=str(v)) for k, v in values.items()]))
         self.diag_pub.publish(msg)
 
     def on_reset(self, response, name):
@@ -126,7 +188,8 @@ class SimBridge(Node):
 
     # --- stepping ------------------------------------------------------------------------
     def advance(self) -> None:
-        self.sim.step()
+        for name, reason in self.sim.step().items():
+            self.get_logger().error(f"{name} crashed: {reason}; motors off until {name}/reset or ~/reset")
         self.last_step_wall = time.monotonic()
         self.publish()
 
@@ -137,14 +200,19 @@ class SimBridge(Node):
             self.get_logger().warn(f"cannot keep real time: {100 * rate:.0f} % of real-time speed",
                                    throttle_duration_sec=5.0)
 
-    def publish(self) -> None:
-        stamp = time_msg(self.sim.time)
-        self.clock_pub.publish(Clock(clock=stamp))
+    def publish(self, odometry_only_to: list[str] | None = None) -> None:
+        """The current state of every drone; or only the odometry of some (a lockstep re-send)."""
+        stamp = time_from_ns(self.sim.stamp_ns())
+        self.last_send_wall = time.monotonic()
+        if odometry_only_to is None:
+            self.clock_pub.publish(Clock(clock=stamp))
         for name, out in self.sim.outputs().items():
             odom, pose, imu = self.pubs[name]
-            odom.publish(odometry_msg(out, stamp, self.frame_id, name))
-            pose.publish(pose_msg(out, stamp, self.frame_id))
-            imu.publish(imu_msg(out, stamp, name))
+            if odometry_only_to is None or name in odometry_only_to:
+                odom.publish(odometry_msg(out, stamp, self.frame_id, name))
+            if odometry_only_to is None:
+                pose.publish(pose_msg(out, stamp, self.frame_id))
+                imu.publish(imu_msg(out, stamp, name))
 
     def destroy_node(self):
         self.sim.close()

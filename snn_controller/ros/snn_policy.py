@@ -1,42 +1,66 @@
-"""snn_policy: a spiking network flies one drone, keeping its membrane state from step to step.
+"""snn_policy: a spiking network flies one drone, or every drone of a fleet file, keeping each
+drone's membrane state from step to step.
 
-Subscribes odom (nav_msgs/Odometry) and goal_pose (PoseStamped); on every odometry message it
-builds the 18-value observation and steps the network (numpy path, no torch), publishing
-cmd_motors. The guide (PID) flies the first ``warmup_steps`` while the network runs on the same
-observations, then the network flies (the paper's handover). Failsafe: a non-finite
-observation, or odometry older than ``odom_timeout``, hands control to the guide and resets the
-network, which takes over again after a fresh warm-up. ``~/reset`` zeroes the state.
-Diagnostics at 1 Hz on /diagnostics: spikes per step per layer, inference latency, who flies.
+Per drone: subscribes odom (nav_msgs/Odometry, newest state only: qos.LATEST_STATE) and goal_pose
+(PoseStamped); on every new state it builds the 18-value observation once and steps the
+drone's network (numpy path, no torch), publishing cmd_motors_stamped (sensor_msgs/JointState,
+see conversions.py: header.stamp = the stamp of the odometry it answers). A copy of the state
+just answered (lockstep re-sends it when the answer is missing) does not step the network or the
+guide again: the same answer goes out again. An older stamp (the simulation was reset) resets the
+drone's network and guide and is answered. The guide (PID) flies the first
+``warmup_steps`` while the network runs on the same observations, then the network flies (the
+paper's handover). Failsafe: a non-finite observation, or odometry older than ``odom_timeout``,
+hands control to the guide and resets the network, which takes over again after a fresh warm-up.
+``~/reset`` zeroes every drone's state. Diagnostics at 1 Hz on /diagnostics, one status per drone
+("snn_policy: <name>"): who flies, spikes per step per layer, inference latency, faults, and
+state_copies (copies of a state answered again without stepping the network).
+
+Parameters: ``crazyflies`` (fleet file; '' = fly the one drone of the node's namespace, relative
+topics; else every enabled drone <name> of the file on /<name>/odom, /<name>/goal_pose,
+/<name>/cmd_motors_stamped, one network and guide per drone), ``model``, ``drone``,
+``warmup_steps``, ``odom_timeout``, ``envelope``, ``takeoff_height``, ``guide_gains``.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
-from std_msgs.msg import Float32MultiArray
+from rclpy.publisher import Publisher
+from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 
 from ..config import package_root
 from ..drone import load_drone
-from ..geometry import observation
+from ..fleet import StampedPilot, controlled_drones
 from ..pid import PIDController, load_pid_gains
 from ..policy import SupervisedPolicy
 from ..snn_numpy import NumpySpikingActor
 from . import qos
-from .conversions import odometry_arrays, pose_target
+from .conversions import motor_command_msg, odometry_arrays, pose_target, stamp_ns
 from .node_main import run
 
 DEFAULT_MODEL = "models/td3bc_jsrl_cf21.safetensors"
 
 
+@dataclass
+class FlownDrone:
+    policy: SupervisedPolicy
+    pilot: StampedPilot
+    cmd_pub: Publisher
+    latencies: list = field(default_factory=list)  # s per answer, the last 1000
+    last_odom: float | None = None  # wall time of the last state answered
+
+
 class SNNPolicyNode(Node):
     def __init__(self):
         super().__init__("snn_policy")
+        self.declare_parameter("crazyflies", "")  # fleet file: fly all its drones; '' = the namespace's drone
         self.declare_parameter("model", "")  # model file; '' = the shipped models/td3bc_jsrl_cf21.safetensors
         self.declare_parameter("drone", "cf21")  # must match the model's drone
         self.declare_parameter("warmup_steps", 50)  # guide steps before the network flies (0: no handover)
@@ -44,69 +68,77 @@ class SNNPolicyNode(Node):
         self.declare_parameter("envelope", 0.5)  # m; farther from the goal on any axis, the guide flies
         self.declare_parameter("takeoff_height", 0.5)  # m above the start, held until a goal arrives
         self.declare_parameter("guide_gains", "")  # PID gains YAML; '' = config/controllers/pid.yaml
-        model, drone, warmup, self.odom_timeout, envelope, self.takeoff_height, gains = (
-            self.get_parameter(n).value for n in ("model", "drone", "warmup_steps", "odom_timeout", "envelope",
-                                                  "takeoff_height", "guide_gains"))
-        network = NumpySpikingActor.from_file(model or package_root() / DEFAULT_MODEL, drone=drone)
-        guide = PIDController(load_drone(drone), 1, dt=network.manifest["dt"], gains=load_pid_gains(gains or None))
-        self.policy = SupervisedPolicy(network, guide, warmup_steps=warmup, envelope=envelope)
-        self.goal, self.goal_yaw, self.last_odom = None, 0.0, None
-        self.latencies = []
-        self.cmd_pub = self.create_publisher(Float32MultiArray, "cmd_motors", qos.COMMAND)
+        fleet_file, model, drone, warmup, self.odom_timeout, envelope, takeoff_height, gains = (
+            self.get_parameter(n).value for n in ("crazyflies", "model", "drone", "warmup_steps", "odom_timeout",
+                                                  "envelope", "takeoff_height", "guide_gains"))
+        model_file = model or package_root() / DEFAULT_MODEL
+        drone_model, guide_gains = load_drone(drone), load_pid_gains(gains or None)
+        self.drones: dict[str, FlownDrone] = {}
+        for name, prefix in controlled_drones(fleet_file, self.get_namespace()).items():
+            network = NumpySpikingActor.from_file(model_file, drone=drone)
+            guide = PIDController(drone_model, 1, dt=network.manifest["dt"], gains=guide_gains)
+            policy = SupervisedPolicy(network, guide, warmup_steps=warmup, envelope=envelope)
+            pilot = StampedPilot(lambda obs, yaw, p=policy: p.step(obs, yaw=yaw), policy.reset, takeoff_height)
+            self.drones[name] = FlownDrone(policy, pilot, self.create_publisher(
+                JointState, prefix + "cmd_motors_stamped", qos.COMMAND))
+            self.create_subscription(Odometry, prefix + "odom", lambda m, n=name: self.on_odom(n, m),
+                                     qos.LATEST_STATE)
+            self.create_subscription(PoseStamped, prefix + "goal_pose", lambda m, n=name: self.on_goal(n, m),
+                                     qos.LATCHED)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos.STATE)
-        self.create_subscription(Odometry, "odom", self.on_odom, qos.STATE)
-        self.create_subscription(PoseStamped, "goal_pose", self.on_goal, qos.LATCHED)
         self.create_service(Trigger, "~/reset", self.on_reset)
         self.create_timer(self.odom_timeout / 2, self.on_watchdog)
         self.create_timer(1.0, self.on_diagnostics)
-        self.get_logger().info(f"flying {model or DEFAULT_MODEL} ({drone}), guide warm-up {warmup} steps")
+        self.get_logger().info(f"flying {list(self.drones)} with {model or DEFAULT_MODEL} ({drone}), "
+                               f"guide warm-up {warmup} steps")
 
-    def on_goal(self, msg: PoseStamped) -> None:
-        goal, yaw = pose_target(msg)
-        if np.isfinite(goal).all() and np.isfinite(yaw):
-            self.goal, self.goal_yaw = goal, yaw
-        else:
-            self.get_logger().warn("ignoring a goal_pose with NaN or inf", throttle_duration_sec=2.0)
+    def on_goal(self, name: str, msg: PoseStamped) -> None:
+        if not self.drones[name].pilot.set_goal(*pose_target(msg)):
+            self.get_logger().warn(f"{name}: ignoring a goal_pose with NaN or inf", throttle_duration_sec=2.0)
 
-    def on_odom(self, msg: Odometry) -> None:
-        s = odometry_arrays(msg)
-        if self.goal is None and np.isfinite(s["position"]).all():
-            self.goal = s["position"] + np.array([0.0, 0.0, self.takeoff_height])
-        obs = observation(s["position"], s["quaternion"], s["velocity_world"], s["angular_velocity_body"],
-                          self.goal if self.goal is not None else s["position"])[0]
-        start = time.perf_counter()
-        action = self.policy.step(obs, yaw=self.goal_yaw)
-        self.latencies.append(time.perf_counter() - start)
-        if action is None:  # invalid observation: the failsafe has reset the network
-            self.get_logger().warn(f"non-finite odometry: {self.policy.status()['last_fault']}",
-                                   throttle_duration_sec=2.0)
+    def on_odom(self, name: str, msg: Odometry) -> None:
+        d = self.drones[name]
+        if d.pilot.admit(stamp_ns(msg.header.stamp)):
+            start = time.perf_counter()
+            action = d.pilot.act(odometry_arrays(msg))
+            d.latencies.append(time.perf_counter() - start)
+            if action is None:  # invalid observation: the failsafe has reset the network
+                self.get_logger().warn(f"{name}: non-finite odometry: {d.policy.status()['last_fault']}",
+                                       throttle_duration_sec=2.0)
+                return
+            d.last_odom = time.monotonic()
+        elif d.pilot.last_action is None:
             return
-        self.last_odom = time.monotonic()
-        self.cmd_pub.publish(Float32MultiArray(data=[float(a) for a in action]))
+        # (else a copy of the state just answered: its answer again, the network not stepped again)
+        d.cmd_pub.publish(motor_command_msg(msg.header.stamp, d.pilot.last_action))
 
     def on_watchdog(self) -> None:
-        if self.last_odom is not None and time.monotonic() - self.last_odom > self.odom_timeout:
-            self.policy.fault(f"odometry older than {self.odom_timeout} s")
-            self.get_logger().warn("stale odometry: the guide flies when it resumes", throttle_duration_sec=2.0)
-            self.last_odom = None
+        for name, d in self.drones.items():
+            if d.last_odom is not None and time.monotonic() - d.last_odom > self.odom_timeout:
+                d.policy.fault(f"odometry older than {self.odom_timeout} s")
+                self.get_logger().warn(f"{name}: stale odometry: the guide flies when it resumes",
+                                       throttle_duration_sec=2.0)
+                d.last_odom = None
 
     def on_reset(self, request, response):
-        self.policy.reset()
+        for d in self.drones.values():
+            d.policy.reset()
         response.success, response.message = True, "network state zeroed"
         return response
 
     def on_diagnostics(self) -> None:
-        status = self.policy.status()
-        lat = np.array(self.latencies[-1000:]) * 1e6
-        self.latencies = self.latencies[-1000:]
-        values = {**{k: str(v) for k, v in status.items()},
-                  "latency_p50_us": f"{np.percentile(lat, 50):.1f}" if len(lat) else "nan",
-                  "latency_p99_us": f"{np.percentile(lat, 99):.1f}" if len(lat) else "nan"}
-        level = DiagnosticStatus.WARN if status["flying"] == "guide" and status["faults"] else DiagnosticStatus.OK
         msg = DiagnosticArray()
-        msg.status.append(DiagnosticStatus(level=level, name=f"{self.get_name()}: {self.get_namespace()}",
-                                           hardware_id=self.get_namespace(), message=f"{status['flying']} flying",
-                                           values=[KeyValue(key=k, value=v) for k, v in values.items()]))
+        for name, d in self.drones.items():
+            status = d.policy.status()
+            d.latencies = d.latencies[-1000:]
+            lat = np.array(d.latencies) * 1e6
+            values = {**{k: str(v) for k, v in status.items()}, "state_copies": str(d.pilot.duplicates),
+                      "latency_p50_us": f"{np.percentile(lat, 50):.1f}" if len(lat) else "nan",
+                      "latency_p99_us": f"{np.percentile(lat, 99):.1f}" if len(lat) else "nan"}
+            level = DiagnosticStatus.WARN if status["flying"] == "guide" and status["faults"] else DiagnosticStatus.OK
+            msg.status.append(DiagnosticStatus(level=level, name=f"{self.get_name()}: {name}", hardware_id=name,
+                                               message=f"{status['flying']} flying",
+                                               values=[KeyValue(key=k, value=v) for k, v in values.items()]))
         self.diag_pub.publish(msg)
 
 
