@@ -18,7 +18,7 @@ the simulator knows which state each command answers. From that it keeps, per dr
 Also here: command validation and counters, the command watchdog (motors stop when a drone's
 last command was received more than ``command_timeout`` of simulated time ago, as the real
 firmware does), emergency stops, resets, the per-drone outputs (odometry, IMU), and the crash
-supervisor (:class:`CrashLimits`): a hard or tilted ground contact, or tipping over, marks a drone
+supervisor (:mod:`snn_controller.supervisor`): a hard or tilted ground contact, or tipping over, marks a drone
 crashed with its motors off until it is reset; a non-finite or runaway state is never output: the
 drone is marked crashed and held at rest on the ground.
 """
@@ -34,6 +34,7 @@ import numpy as np
 from .config import ConfigError, build, load_yaml, package_root
 from .drone import DroneModel
 from .geometry import observation, quat_to_matrix, yaw_of
+from .supervisor import CrashLimits, crash_reasons
 
 # The engine (pybullet) and the state (torch) are imported where the simulator needs them: the
 # controller nodes import this module for StampedPilot and should start without torch.
@@ -94,26 +95,6 @@ def controlled_drones(fleet_file: str, namespace: str) -> dict[str, str]:
     if fleet_file:
         return {name: f"/{name}/" for name in load_fleet(fleet_file).enabled_robots()}
     return {namespace.strip("/") or "/": ""}
-
-
-@dataclass(frozen=True)
-class CrashLimits:
-    """When the supervisor marks a drone crashed (as the Crazyflie firmware's supervisor does)."""
-
-    landing_speed: float = 1.5  # m/s: touching the ground while descending faster is a crash
-    contact_tilt_deg: float = 60.0  # touching the ground tilted more than this is a crash
-    tilt_deg: float = 90.0  # tilted more than this anywhere (upside down) is a crash
-    max_distance: float = 100.0  # m: farther from the origin is a runaway state
-    max_speed: float = 50.0  # m/s: faster is a runaway state
-    min_height: float = -0.5  # m: below the ground is a runaway state (the body lost its collisions)
-
-    def __post_init__(self):
-        for name in ("landing_speed", "max_distance", "max_speed"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"crash limit {name} must be > 0, got {getattr(self, name)}")
-        for name in ("contact_tilt_deg", "tilt_deg"):
-            if not 0 < getattr(self, name) <= 180:
-                raise ValueError(f"crash limit {name} must be in (0, 180] degrees, got {getattr(self, name)}")
 
 
 @dataclass
@@ -288,35 +269,20 @@ class FleetSimulator:
 
     def _supervise(self, s: dict[str, np.ndarray]) -> dict[str, str]:
         """Mark new crashes in the state ``s`` after a step; hold runaway drones at rest on the ground."""
-        lim = self.crash_limits
-        pos, vel, quat = s["position"], s["velocity"], s["quaternion"]
-        finite = np.all([np.isfinite(v).all(-1) for v in s.values()], axis=0)
-        with np.errstate(invalid="ignore"):
-            runaway = ~finite | (np.linalg.norm(pos, axis=-1) > lim.max_distance) \
-                | (np.linalg.norm(vel, axis=-1) > lim.max_speed) | (pos[:, 2] < lim.min_height)
-        tilt = np.degrees(np.arccos(np.clip(1 - 2 * (quat[:, 1] ** 2 + quat[:, 2] ** 2), -1, 1)))
-        descent = np.maximum(-self._velocity[:, 2], -vel[:, 2])  # at the start and the end of the step
+        on_ground = np.array([self._touches_ground(i) for i in range(len(self.names))])
+        reasons, runaway = crash_reasons(self._velocity, s["position"], s["velocity"], s["quaternion"], on_ground,
+                                         self.crash_limits)
         crashes = {}
-        for i, name in enumerate(self.names):
+        for i, (name, reason) in enumerate(zip(self.names, reasons)):
             if runaway[i]:
-                reason = (f"runaway state (position {np.round(pos[i], 1).tolist()} m, "
-                          f"velocity {np.round(vel[i], 1).tolist()} m/s): held at rest on the ground")
-                self.held[i] = self._rest_pose(i, pos[i], quat[i])
-            elif self.crashed[i]:
+                reason += ": held at rest on the ground"
+                self.held[i] = self._rest_pose(i, s["position"][i], s["quaternion"][i])
+            if not reason or self.crashed[i]:
                 continue
-            elif tilt[i] > lim.tilt_deg:
-                reason = f"tipped over ({tilt[i]:.0f} deg tilt)"
-            elif self._touches_ground(i) and descent[i] > lim.landing_speed:
-                reason = f"hit the ground at {descent[i]:.1f} m/s"
-            elif self._touches_ground(i) and tilt[i] > lim.contact_tilt_deg:
-                reason = f"touched the ground tilted {tilt[i]:.0f} deg"
-            else:
-                continue
-            if not self.crashed[i]:
-                self.crashed[i] = True
-                self.counters[name].crashes += 1
-                self.crash_reason[name] = reason
-                crashes[name] = reason
+            self.crashed[i] = True
+            self.counters[name].crashes += 1
+            self.crash_reason[name] = reason
+            crashes[name] = reason
         if self.held:
             idx = list(self.held)
             positions, yaws = zip(*(self.held[i] for i in idx))

@@ -25,6 +25,7 @@ import torch
 from . import task as T
 from .config import ConfigError, build, load_yaml, package_root
 from .engines.batched import GROUND_CLEARANCE
+from .supervisor import CrashLimits, crash_reasons
 
 @dataclass(frozen=True)
 class Segment:
@@ -120,54 +121,6 @@ def _mission_path(path):
     if p.suffix in (".yaml", ".yml") or p.exists():
         return p
     return package_root() / "config" / "missions" / f"{path}.yaml"
-
-
-# --- crashes ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CrashLimits:
-    """When a drone counts as crashed (as the Crazyflie firmware's supervisor decides)."""
-
-    landing_speed: float = 1.5  # m/s: touching the ground while descending faster is a crash
-    contact_tilt_deg: float = 60.0  # touching the ground tilted more than this is a crash
-    tilt_deg: float = 90.0  # tilted more than this anywhere (upside down) is a crash
-    max_distance: float = 100.0  # m: farther from the origin is a runaway state
-    max_speed: float = 50.0  # m/s: faster is a runaway state
-
-    def __post_init__(self):
-        for name in ("landing_speed", "max_distance", "max_speed"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"crash limit {name} must be > 0, got {getattr(self, name)}")
-        for name in ("contact_tilt_deg", "tilt_deg"):
-            if not 0 < getattr(self, name) <= 180:
-                raise ValueError(f"crash limit {name} must be in (0, 180] degrees, got {getattr(self, name)}")
-
-
-def crash_reasons(previous_velocity: np.ndarray, position: np.ndarray, velocity: np.ndarray, tilt_deg: np.ndarray,
-                  on_ground: np.ndarray, limits: CrashLimits) -> list[str]:
-    """Per drone '' or why it crashed this step. ``previous_velocity``: before the step (an impact
-    stops the drone, so the speed that hit the ground is the one before); ``on_ground``: in contact."""
-    reasons = []
-    for i in range(len(position)):
-        finite = np.isfinite(position[i]).all() and np.isfinite(velocity[i]).all() and np.isfinite(tilt_deg[i])
-        if not finite:
-            reasons.append("non-finite state")
-        elif np.linalg.norm(position[i]) > limits.max_distance or np.linalg.norm(velocity[i]) > limits.max_speed:
-            reasons.append("runaway state")
-        elif on_ground[i] and -previous_velocity[i, 2] > limits.landing_speed:
-            reasons.append(f"hit the ground at {-previous_velocity[i, 2]:.1f} m/s")
-        elif on_ground[i] and tilt_deg[i] > limits.contact_tilt_deg:
-            reasons.append(f"touched the ground tilted {tilt_deg[i]:.0f} deg")
-        elif tilt_deg[i] > limits.tilt_deg:
-            reasons.append(f"tipped over ({tilt_deg[i]:.0f} deg)")
-        else:
-            reasons.append("")
-    return reasons
-
-
-def tilt_of(quaternion: np.ndarray) -> np.ndarray:
-    """Angle [deg] between body z and world z, quaternions (N, 4) w, x, y, z."""
-    qx, qy = quaternion[:, 1], quaternion[:, 2]
-    return np.degrees(np.arccos(np.clip(1 - 2 * (qx * qx + qy * qy), -1.0, 1.0)))
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -302,8 +255,8 @@ def fly_mission(mission: Mission, controller, task: T.TaskConfig, drones: int = 
             positions[:, t] = s["position"] - origin - offset
             goals[:, t] = goal_now[0]
             on_ground = s["position"][:, 2] < GROUND_CLEARANCE + 0.005
-            reasons = crash_reasons(previous_velocity, s["position"] - origin, s["velocity"],
-                                    tilt_of(s["quaternion"]), on_ground, limits)
+            reasons, _ = crash_reasons(previous_velocity, s["position"] - origin, s["velocity"], s["quaternion"],
+                                       on_ground, limits)
             for k, why in enumerate(reasons):
                 if why and crashes[k] is None:
                     crashes[k] = {"time": float(times[t] + task.dt), "reason": why}
