@@ -25,9 +25,13 @@ $(STAMP): requirements.txt requirements-core.txt setup.py setup.cfg package.xml
 install: $(STAMP)
 
 DEMO_BAG ?= runs/demo_flight
+DEMO_MODE ?= realtime
 
+# the hop mission (config/missions/hop.yaml) with the shipped SNN; `make demo DEMO_MODE=lockstep` steps
+# the simulation only when every drone's command for the step has arrived
 demo: install
-	$(BIN)/snnctl launch sim_snn.launch.yaml record:=true bag:=$(DEMO_BAG) --duration 20 --monitor
+	$(BIN)/snnctl launch sim_snn.launch.yaml mission:=hop mode:=$(DEMO_MODE) record:=true \
+		bag:=$(DEMO_BAG) --duration 60 --monitor
 	$(BIN)/snnctl bag info $(DEMO_BAG)
 
 demo-pid: install

@@ -148,26 +148,45 @@ def cmd_launch(args) -> int:
         fleet_file = given.get("crazyflies") or None
         monitor_names = list(load_fleet(fleet_file).enabled_robots())
     runner = LaunchRunner(desc, output=sys.stderr if args.json else sys.stdout)
-    summary = None
+    summary = mission = None
     with runner:
         try:
             if monitor_names:
-                summary = _monitor(runner, monitor_names, args)
+                summary, mission = _monitor(runner, monitor_names, args, _launched_mission(desc))
             else:
                 runner.wait(args.duration)
         except KeyboardInterrupt:
             pass
     failed = [(label, code) for label, code in runner.failed() if code not in (0, -2, 130)]
     result = {"file": str(desc.path), "nodes": [n.label for n in desc.nodes], "failed": failed,
-              "summary": summary}
+              "summary": summary, "mission": mission}
     text = f"stopped {len(desc.nodes)} node(s)" + (f"; failed: {failed}" if failed else "")
     if summary:
         text += "\n" + "\n".join(f"{name}: {s}" for name, s in summary.items())
+    if mission:
+        from .mission import format_metrics
+
+        text += "\n" + format_metrics(mission)
     _emit(args, result, text)
-    return 1 if failed else 0
+    # a launch whose mission crashed a drone failed, however cleanly its nodes stopped
+    return 1 if failed or (mission and mission["crashed"]) else 0
 
 
-def _monitor(runner, names, args) -> dict:
+def _launched_mission(desc):
+    """(mission, take-off points) of the launch's mission_sequencer, or None: the monitor scores
+    the mission with exactly the parameters the sequencer got."""
+    from .fleet import load_fleet
+    from .mission import load_mission, take_off_points
+
+    node = next((n for n in desc.nodes if n.executable == "mission_sequencer"), None)
+    if node is None:
+        return None
+    p = dict(node.parameters)
+    robots = load_fleet(p.get("crazyflies") or None).enabled_robots()
+    return load_mission(p.get("mission", "hover")), take_off_points(robots)
+
+
+def _monitor(runner, names, args, mission=None) -> tuple[dict, dict | None]:
     import time
 
     import rclpy
@@ -185,10 +204,12 @@ def _monitor(runner, names, args) -> dict:
     try:
         while (end is None or time.monotonic() < end) and not runner.failed():
             executor.spin_once(timeout_sec=0.05)
+            if mission is not None and node.mission_done(mission[0]):  # a mission's flight ends by itself
+                break
             if time.monotonic() >= next_print and not args.json:
                 next_print += 1.0
                 print(node.status_line(), flush=True)
-        return node.summary()
+        return node.summary(), None if mission is None else node.mission_report(*mission)
     finally:
         executor.shutdown()
         node.destroy_node()

@@ -105,6 +105,12 @@ def _segment_goal(seg: Segment, begin: np.ndarray, tau: np.ndarray) -> np.ndarra
     return p.numpy()
 
 
+def take_off_points(robots: dict) -> dict[str, np.ndarray]:
+    """Each drone's mission origin in the world: its initial position, body resting on the ground."""
+    return {name: np.array(r.initial_position, dtype=np.float64) + [0.0, 0.0, GROUND_CLEARANCE]
+            for name, r in robots.items()}
+
+
 def load_mission(path) -> Mission:
     """A mission file by path, or by name from config/missions/."""
     path = _mission_path(path)

@@ -56,23 +56,41 @@ def test_bag_never_overwrites_by_accident(tmp_path):
     assert "nav_msgs/msg/Odometry" in TYPESTORE.types
 
 
-def test_main_command_flies_the_shipped_snn_and_records_a_bag(ros_env, tmp_path):
-    """The README's main command, shortened: two drones take off, the SNN holds them, a bag is written."""
-    bag = tmp_path / "flight"
+SHORT_MISSION = """name: short_hop
+segments:
+  - {kind: takeoff, height: 1.0, speed: 0.5, duration: 3.5}
+  - {kind: goto, position: [0.3, 0.0, 1.0], speed: 0.5, duration: 2.5}
+  - {kind: land, speed: 0.5, duration: 3.0}
+"""
+
+
+@pytest.mark.parametrize("mode", ["realtime", "lockstep"])
+def test_main_command_flies_the_mission_with_the_shipped_snn_and_records_a_bag(ros_env, tmp_path, mode):
+    """The README's main command (make demo), shortened: two drones take off from the ground, the
+    SNN flies a waypoint and lands them, through ROS, recorded to a bag; the launch ends by itself
+    when the mission is over."""
+    bag, mission = tmp_path / "flight", tmp_path / "short_hop.yaml"
+    mission.write_text(SHORT_MISSION)
     out = subprocess.run(
-        [sys.executable, "-m", "snn_controller.cli", "launch", "sim_snn.launch.yaml", "record:=true",
-         f"bag:={bag}", "--duration", "12", "--monitor", "--json"],
-        env=ros_env, capture_output=True, text=True, timeout=90)
+        [sys.executable, "-m", "snn_controller.cli", "launch", "sim_snn.launch.yaml", f"mission:={mission}", "mission_start:=1.0", f"mode:={mode}", "record:=true", f"bag:={bag}",
+         "--duration", "120", "--monitor", "--json"],
+        env=ros_env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    for name, start_x in (("cf1", 0.0), ("cf2", 1.0)):
-        s = result["summary"][name]
-        x, y, z = s["position"]
-        assert np.linalg.norm([x - start_x, y, z - 1.011]) < 0.05, s  # the shipped SNN holds ~3 cm off (README)
-        assert s["hover_spread_m"] < 0.02, s
+    report = result["mission"]
+    assert report["mission"] == "short_hop" and report["drones"] == 2
+    assert report["crashed"] == 0 and report["landed"] == 2, report
+    for d in report["per_drone"]:
+        assert d["flew_whole_mission"] and d["error_mean"] < 0.15, d
+    takeoff, goto, land = report["segments"]
+    assert goto["reached"] == 2 and goto["error_mean"] < 0.15, goto
+    assert goto["network_share"] > 0.8, goto  # the network, not only its guide, flew the waypoint
+    for name in ("cf1", "cf2"):
+        age = result["summary"][name]["command_age"]
+        # the age every command had when it reached the motors: lockstep waits for it
+        assert age["max"] == 0 if mode == "lockstep" else age["p50"] <= 2, (name, age)  # measured, not timed
     info = bag_info(bag)
-    for topic in ("/cf1/odom", "/cf1/cmd_motors_stamped", "/cf2/odom", "/clock", "/diagnostics"):
+    for topic in ("/cf1/odom", "/cf1/cmd_motors_stamped", "/cf2/odom", "/clock", "/diagnostics", "/mission/status"):
         assert info["topics"][topic]["messages"] > 0, (topic, info)
-    assert info["topics"]["/cf1/odom"]["messages"] > 500
     statuses = [s for _, m in read_messages(bag, "/diagnostics") for s in m.status if s.name.startswith("snn_policy")]
     assert any(s.message == "network flying" for s in statuses), "the network must fly, not only the guide"

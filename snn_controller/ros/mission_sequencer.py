@@ -1,68 +1,75 @@
 """mission_sequencer: sends a mission's goals to every drone of the fleet.
 
-Publishes <name>/goal_pose (geometry_msgs/PoseStamped, world frame, transient local) for every
-enabled drone of ``crazyflies`` at ``rate`` Hz: the mission's goal at mission time t = sim time -
-``start_time`` (the goal stays at the take-off point before), relative to the drone's
-initial_position. Runs on sim time (/clock), so the goals follow the simulation in realtime and in
-lockstep alike, and a simulation reset (time back to 0) restarts the mission. Also publishes
-/mission/status (std_msgs/String, JSON: mission, time, segment) with every goal update.
+Subscribes /clock (sim time); publishes <name>/goal_pose (geometry_msgs/PoseStamped, world frame,
+transient local) for every enabled drone of ``crazyflies``, ``rate`` times per second of sim time:
+the mission's goal relative to the drone's initial_position (its take-off point). The mission
+starts ``start_time`` seconds of sim time after the first clock the sequencer sees (until then the
+goal is the take-off point), so it begins in full whether the simulation runs in real time or in
+lockstep, however late this process starts; a simulation reset (time back) restarts it. Publishes
+/mission/status (std_msgs/String, JSON, transient local: mission, start [sim s], time, segment,
+done) with every goal update, so that observers (``snnctl launch --monitor``) score the same
+timeline.
 """
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
-from rclpy.parameter import Parameter
+from rosgraph_msgs.msg import Clock
 from std_msgs.msg import String
 
-from ..engines.batched import GROUND_CLEARANCE
 from ..fleet import load_fleet
-from ..mission import load_mission
+from ..mission import load_mission, take_off_points
 from . import qos
+from .conversions import NS_PER_S, stamp_ns
 from .node_main import run
 
 
 class MissionSequencer(Node):
     def __init__(self):
-        super().__init__("mission_sequencer", parameter_overrides=[Parameter("use_sim_time", value=True)])
-        self.declare_parameter("mission", "hop")  # mission file, or a name in config/missions/
+        super().__init__("mission_sequencer")
+        self.declare_parameter("mission", "hover")  # mission file, or a name in config/missions/
         self.declare_parameter("crazyflies", "")  # fleet file; '' = the package's config/crazyflies.yaml
-        self.declare_parameter("start_time", 2.0)  # s of sim time before the take-off starts
-        self.declare_parameter("rate", 20.0)  # Hz, goal updates
+        self.declare_parameter("start_time", 2.0)  # s of sim time from the first clock to the take-off
+        self.declare_parameter("rate", 20.0)  # goal updates per second of sim time
         self.declare_parameter("frame_id", "world")
         mission, fleet, self.start_time, rate, self.frame_id = (self.get_parameter(n).value for n in (
             "mission", "crazyflies", "start_time", "rate", "frame_id"))
         if rate <= 0:
             raise ValueError(f"parameter rate must be > 0, got {rate}")
+        self.period_ns = round(NS_PER_S / rate)
         self.mission = load_mission(mission)
         robots = load_fleet(fleet or None).enabled_robots()
-        # mission z = 0: the body resting on the ground at the drone's initial position
-        self.homes = {name: np.array(r.initial_position) + [0.0, 0.0, GROUND_CLEARANCE] for name, r in robots.items()}
+        self.homes = take_off_points(robots)
         self.pubs = {name: self.create_publisher(PoseStamped, f"/{name}/goal_pose", qos.LATCHED) for name in robots}
         self.status_pub = self.create_publisher(String, "/mission/status", qos.LATCHED)
-        self.create_timer(1.0 / rate, self.on_timer)
+        self.start_ns = self.last_ns = None  # sim time of mission t = 0; of the last goal update
+        self.create_subscription(Clock, "/clock", self.on_clock, qos.CLOCK)
         self.get_logger().info(f"mission {self.mission.name} ({self.mission.duration:.1f} s) for {list(robots)}, "
-                               f"starting at sim time {self.start_time} s")
+                               f"starting {self.start_time} s of sim time after the first clock")
 
-    def on_timer(self) -> None:
-        now = self.get_clock().now()
-        t = now.nanoseconds * 1e-9 - self.start_time
+    def on_clock(self, msg: Clock) -> None:
+        now = stamp_ns(msg.clock)
+        if self.start_ns is None or now < self.last_ns:  # the first clock, or the simulation was reset
+            self.start_ns, self.last_ns = now + round(self.start_time * NS_PER_S), None
+        if self.last_ns is not None and now - self.last_ns < self.period_ns:
+            return
+        self.last_ns = now
+        t = (now - self.start_ns) / NS_PER_S
         goal, segment = self.mission.goal([max(t, 0.0)])
-        stamp = now.to_msg()
         for name, pub in self.pubs.items():
-            msg = PoseStamped()
-            msg.header.stamp, msg.header.frame_id = stamp, self.frame_id
-            p = msg.pose.position
+            pose = PoseStamped()
+            pose.header.stamp, pose.header.frame_id = msg.clock, self.frame_id
+            p = pose.pose.position
             p.x, p.y, p.z = (float(v) for v in self.homes[name] + goal[0])
-            msg.pose.orientation.w = 1.0  # yaw 0: the network was trained to hold it
-            pub.publish(msg)
-        names = self.mission.segment_names()
+            pose.pose.orientation.w = 1.0  # yaw 0: the network was trained to hold it
+            pub.publish(pose)
         self.status_pub.publish(String(data=json.dumps({
-            "mission": self.mission.name, "time": round(t, 3),
-            "segment": None if t < 0 else names[int(segment[0])], "done": t >= self.mission.duration})))
+            "mission": self.mission.name, "start": self.start_ns / NS_PER_S, "time": round(t, 3),
+            "segment": None if t < 0 else self.mission.segment_names()[int(segment[0])],
+            "done": t >= self.mission.duration})))
 
 
 def main(args=None):

@@ -1,16 +1,21 @@
 """An in-process observer of a fleet, used by ``snnctl launch --monitor`` and tests.
 
 Subscribes /<name>/odom of every drone (position history) and /diagnostics (sim_bridge's status
-per drone: command age p50/p99/max in steps, stale commands, crashes).
+per drone: command age p50/p99/max in steps, stale commands, crashes; snn_policy's: who flies).
+:meth:`FleetMonitor.mission_report` scores a mission flown through ROS with the metrics of
+:func:`snn_controller.mission.mission_metrics`, as ``snnctl eval --mission`` does in process;
+who flew and crash times come from the 1 Hz diagnostics, so they are known to about a second.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
+from std_msgs.msg import String
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
 
@@ -29,9 +34,16 @@ class FleetMonitor(Node):
         self.lock = threading.Lock()
         self.history = {name: [] for name in names}
         self.sim_status = {name: {} for name in names}  # key -> value of sim_bridge's DiagnosticStatus
+        self.flying = {name: [] for name in names}  # (sim time, the network flies) from snn_policy
+        self.first_crash = {name: None for name in names}  # {"time": sim time, "reason"} from sim_bridge
         for name in names:
             self.create_subscription(Odometry, f"/{name}/odom", lambda m, n=name: self._on_odom(n, m), qos.STATE)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, qos.STATE)
+        self.mission_start = None  # sim time of mission t = 0, from mission_sequencer's /mission/status
+        self.create_subscription(String, "/mission/status", self._on_mission_status, qos.LATCHED)
+
+    def _on_mission_status(self, msg):
+        self.mission_start = json.loads(msg.data)["start"]
 
     def _on_odom(self, name, msg):
         s = odometry_arrays(msg)
@@ -40,10 +52,20 @@ class FleetMonitor(Node):
             self.history[name].append((t, *s["position"], *s["velocity_world"]))
 
     def _on_diagnostics(self, msg):
+        t = stamp_ns(msg.header.stamp) / NS_PER_S
         for status in msg.status:
-            if status.name.startswith("sim_bridge") and status.hardware_id in self.sim_status:
-                with self.lock:
-                    self.sim_status[status.hardware_id] = {kv.key: kv.value for kv in status.values}
+            name = status.hardware_id
+            if name not in self.sim_status:
+                continue
+            with self.lock:
+                if status.name.startswith("sim_bridge"):
+                    values = {kv.key: kv.value for kv in status.values}
+                    self.sim_status[name] = values
+                    if values.get("crashed") == "True" and self.first_crash[name] is None:
+                        self.first_crash[name] = {"time": t, "reason": status.message.removeprefix("crashed: ")}
+                elif status.name.startswith("snn_policy") and self.history[name]:
+                    # snn_policy's stamp is wall time: place the sample at the drone's latest sim time
+                    self.flying[name].append((self.history[name][-1][0], status.message == "network flying"))
 
     def latest(self, name):
         with self.lock:
@@ -97,6 +119,52 @@ class FleetMonitor(Node):
                 "crashes": _int_or_none(status.get("crashes")),
             }
         return out
+
+
+    def mission_done(self, mission) -> bool:
+        """Every drone's odometry is past the mission's end (half a second of sim time)."""
+        if self.mission_start is None:
+            return False
+        return all((r := self.latest(n)) is not None and r[0] >= self.mission_start + mission.duration + 0.5
+                   for n in self.history)
+
+    def mission_report(self, mission, homes: dict) -> dict | None:
+        """The mission's metrics from the recorded odometry (mission time = sim time - the start the
+        sequencer announced); ``homes``: each drone's take-off point (mission z = 0). None before
+        the sequencer said when the mission starts."""
+        from ..mission import mission_metrics
+
+        if self.mission_start is None:
+            return None
+        start_time = self.mission_start
+
+        names = list(self.history)
+        with self.lock:
+            rows = {n: np.array(self.history[n]) if self.history[n] else np.zeros((0, 7)) for n in names}
+            flying = {n: list(self.flying[n]) for n in names}
+            crashes = [None if self.first_crash[n] is None else
+                       {**self.first_crash[n], "time": self.first_crash[n]["time"] - start_time} for n in names]
+        grid = np.arange(0.0, mission.duration, 0.01)  # resampled: drones' messages need not line up
+        positions = np.zeros((len(names), len(grid), 3))
+        network = np.zeros((len(names), len(grid)), dtype=bool)
+        for k, n in enumerate(names):
+            t = rows[n][:, 0] - start_time
+            if len(t) == 0:
+                positions[k] = np.nan
+                continue
+            idx = np.clip(np.searchsorted(t, grid), 0, len(t) - 1)  # the first state at or after each time
+            positions[k] = rows[n][idx, 1:4] - homes[n]
+            if flying[n]:
+                ft = np.array([f[0] for f in flying[n]]) - start_time
+                fi = np.searchsorted(ft, grid, side="right") - 1
+                network[k] = np.where(fi >= 0, np.array([f[1] for f in flying[n]])[np.clip(fi, 0, None)], False)
+        covered = np.array([len(rows[n]) and rows[n][-1, 0] - start_time >= mission.duration - 0.05 for n in names])
+        goals, _ = mission.goal(grid)
+        report = mission_metrics(mission, grid, positions, np.broadcast_to(goals, positions.shape), network
+                                 if any(flying.values()) else None, crashes)
+        for k, d in enumerate(report["per_drone"]):
+            d.update(name=names[k], flew_whole_mission=bool(covered[k]))
+        return report
 
 
 def _int_or_none(text):

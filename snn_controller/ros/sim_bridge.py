@@ -64,6 +64,7 @@ class SimBridge(Node):
         self.declare_parameter("command_age_warn", 2)  # steps: warn when the command age p99 is larger
         self.declare_parameter("lockstep_resend", 0.1)  # s of wall time before the state is sent again
         self.declare_parameter("lockstep_timeout", 1.0)  # s of wall time a lockstep waits for commands
+        self.declare_parameter("real_time_factor", 0.0)  # lockstep: at most this fast vs the wall clock (0: no cap)
         self.declare_parameter("crash_landing_speed", 1.5)  # m/s: a harder ground contact is a crash
         self.declare_parameter("crash_contact_tilt_deg", 60.0)  # ground contact tilted more: a crash
         self.declare_parameter("crash_tilt_deg", 90.0)  # tilted more anywhere (upside down): a crash
@@ -76,7 +77,7 @@ class SimBridge(Node):
         self.declare_parameter("frame_id", "world")
         p = {name: self.get_parameter(name).value for name in (
             "crazyflies", "drone", "mode", "rate", "command_timeout", "command_delay", "command_age_warn",
-            "lockstep_resend", "lockstep_timeout", "crash_landing_speed", "crash_contact_tilt_deg",
+            "lockstep_resend", "lockstep_timeout", "real_time_factor", "crash_landing_speed", "crash_contact_tilt_deg",
             "crash_tilt_deg", "runaway_distance", "runaway_speed", "substeps", "gui", "ground_effect", "drag",
             "frame_id")}
         if p["mode"] not in MODES:
@@ -97,6 +98,11 @@ class SimBridge(Node):
         self.mode, self.frame_id = p["mode"], p["frame_id"]
         self.command_age_warn = p["command_age_warn"]
         self.lockstep_resend, self.lockstep_timeout = p["lockstep_resend"], p["lockstep_timeout"]
+        # Capped lockstep: the simulation still waits for every command, but never runs ahead of the
+        # wall clock, so that what follows sim time in other processes (goals, people) keeps up.
+        self.real_time_factor = p["real_time_factor"]
+        if self.real_time_factor < 0:
+            raise ValueError(f"parameter real_time_factor must be >= 0, got {self.real_time_factor}")
         self.clock_pub = self.create_publisher(Clock, "/clock", qos.CLOCK)
         self.pubs = {}
         for name in self.sim.names:
@@ -114,7 +120,9 @@ class SimBridge(Node):
         self.create_timer(1.0, self.on_diagnostics)
         self.last_step_wall = self.last_send_wall = time.monotonic()
         self.wall_start, self.sim_start = time.monotonic(), self.sim.time
-        period = {"realtime": 1.0 / p["rate"], "lockstep": self.lockstep_resend / 2, "fast": 0.0}[self.mode]
+        lockstep_period = min(self.lockstep_resend / 2, 1.0 / p["rate"]) if self.real_time_factor else \
+            self.lockstep_resend / 2
+        period = {"realtime": 1.0 / p["rate"], "lockstep": lockstep_period, "fast": 0.0}[self.mode]
         self.create_timer(period, self.on_timer)
         self.get_logger().info(f"simulating {self.sim.names} ({model.name}) in {self.mode} mode at {p['rate']} Hz"
                                + (f", commands delayed {p['command_delay']} steps" if p["command_delay"] else ""))
@@ -134,8 +142,13 @@ class SimBridge(Node):
             c = self.sim.counters[name]
             self.get_logger().warn(f"{name}/{topic} {status} (rejected {c.rejected}, clamped {c.clamped}, "
                                    f"stale {c.stale})", throttle_duration_sec=2.0)
-        if self.mode == "lockstep" and self.sim.ready():
+        if self.mode == "lockstep" and self.sim.ready() and self.due():
             self.advance()
+
+    def due(self) -> bool:
+        """Lockstep may step now: no cap, or the simulation is not ahead of the wall clock."""
+        return not self.real_time_factor or \
+            self.sim.time - self.sim_start <= (time.monotonic() - self.wall_start) * self.real_time_factor
 
     def on_timer(self) -> None:
         if self.mode != "lockstep":
@@ -144,8 +157,9 @@ class SimBridge(Node):
                 self.check_pace()
             return
         now = time.monotonic()
-        if self.sim.ready():  # nobody flies (all stopped or crashed): nothing to wait for
-            self.advance()
+        if self.sim.ready():  # every answer is in (or nobody flies): step when due
+            if self.due():
+                self.advance()
         elif now - self.last_step_wall > self.lockstep_timeout:
             self.get_logger().warn(f"lockstep: no command from {self.sim.waiting_for()} for "
                                    f"{self.lockstep_timeout} s; stepping without them", throttle_duration_sec=5.0)
@@ -177,6 +191,8 @@ class SimBridge(Node):
 
     def on_reset(self, response, name):
         self.sim.reset(name)
+        if name is None:  # the fleet's time starts again: so does the pace
+            self.wall_start, self.sim_start = time.monotonic(), self.sim.time
         self.publish()
         response.success, response.message = True, f"reset {name or 'all drones'}"
         return response
