@@ -35,7 +35,7 @@ demo: install
 	$(BIN)/snnctl bag info $(DEMO_BAG)
 
 demo-pid: install
-	$(BIN)/snnctl launch sim_pid.launch.yaml --duration 20 --monitor
+	$(BIN)/snnctl launch sim_pid.launch.yaml mission:=hop --duration 60 --monitor
 
 test: install
 	ROS_LOG_DIR=$${ROS_LOG_DIR:-$$(mktemp -d)} $(BIN)/python -m pytest test -q -ra --durations=15

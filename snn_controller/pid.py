@@ -22,7 +22,9 @@ command reaches the motors): the controller keeps the commands of the last d ste
 still on their way, and predicts the state at the moment its new command takes effect (a Smith
 predictor): the rotor model runs those commands through the motor lag, and the rigid body is
 integrated d steps with the thrust and torques they make. The loops then act on the predicted
-state; the rotor model is fed each command d steps late, when it reaches the motors.
+state; the rotor model is fed each command d steps late, when it reaches the motors. d is the
+gains file's, or per drone (:meth:`PIDController.set_delay_compensation`): a privileged guide in
+training is told each episode's true delay.
 """
 
 from __future__ import annotations
@@ -100,7 +102,22 @@ class PIDController:
         tau = model.motor_time_constant
         self.motor_blend = 1 - math.exp(-dt / tau) if tau > 0 else 1.0
         self.max_accel_xy = model.gravity * math.tan(math.radians(g.max_tilt_deg))
+        self.delay_steps = np.full(n, g.delay_compensation, dtype=np.int64)  # per drone
+        self.in_flight = np.zeros((n, g.delay_compensation, 4))
         self.reset()
+
+    def set_delay_compensation(self, steps, mask=None) -> None:
+        """Predict across ``steps`` (scalar or (N,)) control steps of loop delay, for all drones or
+        those where ``mask`` is True; their commands in flight restart at hover."""
+        rows = np.ones(self.n, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        steps = np.broadcast_to(np.asarray(steps, dtype=np.int64), (self.n,))
+        if (steps < 0).any():
+            raise ValueError(f"delay compensation must be >= 0 control steps, got {steps.min()}")
+        self.delay_steps[rows] = steps[rows]
+        grow = int(self.delay_steps.max()) - self.in_flight.shape[1]
+        if grow > 0:  # more room for commands in flight (the newest stay last)
+            self.in_flight = np.concatenate([np.zeros((self.n, grow, 4)), self.in_flight], 1)
+        self.in_flight[rows] = self.model.hover_rotor_speed
 
     def reset(self, mask=None) -> None:
         """Zero the integrators and observers (all drones, or those where ``mask`` is True)."""
@@ -111,8 +128,7 @@ class PIDController:
             self.v_hat = np.zeros((self.n, 3))
             self.initialised = np.zeros(self.n, dtype=bool)
             self.last_accel = np.zeros((self.n, 3))
-            # rotor speed commands still on their way to the motors, oldest first
-            self.in_flight = np.full((self.n, self.gains.delay_compensation, 4), self.model.hover_rotor_speed)
+            self.in_flight[:] = self.model.hover_rotor_speed  # rotor speed commands of the last steps, newest last
             return
         mask = np.asarray(mask, dtype=bool)
         self.integral[mask] = 0
@@ -144,7 +160,7 @@ class PIDController:
         omega = obs[:, 15:18]
         p_err, v = self._observe(obs[:, 0:3], obs[:, 12:15])
         rotor = self.rotor_estimate
-        if g.delay_compensation:
+        if self.delay_steps.any():
             p_err, v, rot, omega, rotor = self._predict(p_err, v, rot, omega)
         v_ref = np.zeros((self.n, 3)) if target_velocity is None else np.asarray(target_velocity)
 
@@ -198,29 +214,33 @@ class PIDController:
             lead = g.lag_compensation * (1 / self.motor_blend - 1)
             w_cmd = np.clip(w_des + lead * (w_des - rotor), 0.0, 1.0)
         # the rotor model takes the command that reaches the motors now: this one, or the oldest in flight
-        if g.delay_compensation:
-            arriving = self.in_flight[:, 0].copy()
+        slots = self.in_flight.shape[1]
+        arriving = w_cmd
+        if slots:
+            sent_then = self.in_flight[np.arange(self.n), np.clip(slots - self.delay_steps, 0, slots - 1)]
+            arriving = np.where((self.delay_steps > 0)[:, None], sent_then, w_cmd)
             self.in_flight = np.concatenate([self.in_flight[:, 1:], w_cmd[:, None]], 1)
-        else:
-            arriving = w_cmd
         self.rotor_estimate = self.rotor_estimate + (arriving - self.rotor_estimate) * self.motor_blend
         return 2 * w_cmd - 1
 
     def _predict(self, p_err, v, rot, omega):
-        """The state ``delay_compensation`` steps ahead under the commands in flight (Euler steps)."""
+        """The state each drone's delay steps ahead under its commands in flight (Euler steps)."""
         m, dt = self.model, self.dt
         c0, c1, c2 = m.thrust_coefficients
         gravity = np.array([0.0, 0.0, m.gravity])
         rotor = self.rotor_estimate
-        for k in range(self.gains.delay_compensation):
+        slots, rows = self.in_flight.shape[1], np.arange(self.n)
+        for k in range(int(self.delay_steps.max())):
+            going = (k < self.delay_steps)[:, None]  # drones still predicting at step k
+            sent = self.in_flight[rows, np.clip(slots - self.delay_steps + k, 0, slots - 1)]
             force_torque = (c0 + c1 * rotor + c2 * rotor * rotor) @ self.allocation.T  # [f, tau_x, tau_y, tau_z]
             accel = rot[:, :, 2] * (force_torque[:, :1] / m.mass) - gravity
             domega = (force_torque[:, 1:] - np.cross(omega, self.inertia * omega)) / self.inertia
-            p_err = p_err + v * dt + 0.5 * accel * dt * dt
-            v = v + accel * dt
-            rot = rot @ _rotation(omega * dt)
-            omega = omega + domega * dt
-            rotor = rotor + (self.in_flight[:, k] - rotor) * self.motor_blend
+            p_err = np.where(going, p_err + v * dt + 0.5 * accel * dt * dt, p_err)
+            v = np.where(going, v + accel * dt, v)
+            rot = np.where(going[:, :, None], rot @ _rotation(omega * dt), rot)
+            omega = np.where(going, omega + domega * dt, omega)
+            rotor = np.where(going, rotor + (sent - rotor) * self.motor_blend, rotor)
         return p_err, v, rot, omega, rotor
 
     def _mix(self, collective, torque):

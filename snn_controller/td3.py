@@ -46,6 +46,7 @@ from . import task as T
 from .config import ConfigError, build, load_yaml, to_dict
 from .envs import FlightEnv, evaluate
 from .evaluation import TorchActorRunner, flight_policy, make_guide
+from .evaluation import pid_gains as evaluation_pid_gains
 from .model_file import (ACTION_LAYOUT, OBS_LAYOUT, PRIVILEGED_OBS_LAYOUT, code_version, save_model,
                          write_atomically)
 from .networks import Critic, MLPActor
@@ -77,6 +78,8 @@ class TrainConfig:
     guide: str = "pid"  # pid | a PID gains file (.yaml) | a guide ANN model file | none
     jump_start: bool = True  # JSRL: the guide flies the first G steps of each rollout
     guide_decay_share: float = 0.75  # share of training over which G shrinks to the warm-up floor
+    guide_knows_delay: bool = False  # a PID guide predicts across each episode's true action delay (it is
+    # privileged; deployment's PID predicts across its gains file's nominal delay)
     guide_demo_share: float = 0.25  # share of drones the guide flies for whole episodes: demonstrations
     # for the BC term after G reaches the floor (not in the paper; README says why)
     warmup_steps: int = 50  # no actor loss before this step of a window; guide steps in evaluation
@@ -132,6 +135,9 @@ class TrainConfig:
             raise ConfigError("jump_start needs a guide (guide: pid, a PID gains file or a guide model file)")
         if self.bc_target == "guide" and self.guide == "none":
             raise ConfigError("bc_target: guide needs a guide (guide: pid, a PID gains file or a guide model file)")
+        if self.guide_knows_delay and evaluation_pid_gains(self.guide) is None:
+            raise ConfigError("guide_knows_delay needs a PID guide (pid or a gains file): it sets the PID's delay "
+                              "compensation")
         if not self.online and self.guide == "none":
             raise ConfigError("offline training learns from guide rollouts: set a guide")
         for key in ("iterations", "num_drones", "batch_size", "updates_per_iteration", "eval_every",
@@ -210,6 +216,7 @@ class TD3Trainer:
         obs, _ = env.reset(seed=seed)
         if self.guide is not None:
             self.guide.reset()
+            self._tell_guide_the_delay()
         noise_gen = torch.Generator().manual_seed(seed)
         state = self.actor.zero_state(n)
         steps = self.task.episode_steps
@@ -250,12 +257,17 @@ class TD3Trainer:
                 state = self.actor.reset_state(state, done)
                 if self.guide is not None:
                     self.guide.reset(done.numpy())
+                    self._tell_guide_the_delay(done.numpy())  # the new episodes' delays
             obs = next_obs
         self.buffer.add(rollout, episode_start)
         self.env_steps += steps * n
         finished = [e for e in episodes if e["length"] > 0 and not demo[e["drone"]]]  # the actor's episodes
         return {"train_return": float(np.mean([e["return"] for e in finished])) if finished else float("nan"),
                 "train_survival": float(np.mean([e["survived"] for e in finished])) if finished else float("nan")}
+
+    def _tell_guide_the_delay(self, mask=None) -> None:
+        if self.config.guide_knows_delay:
+            self.guide.controller.set_delay_compensation(self.env.action_delay.numpy(), mask)
 
     # --- updates -----------------------------------------------------------------------------
     def critic_loss(self, batch: dict) -> torch.Tensor:

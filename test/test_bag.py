@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from snn_controller.bag import TYPESTORE, BagWriter, bag_info, read_messages

@@ -155,3 +155,20 @@ def test_delay_compensation_changes_nothing_at_equilibrium_and_rejects_negative_
                    .read_text().replace("delay_compensation: 2", "delay_compensation: -1"))
     with pytest.raises(ConfigError, match="delay_compensation must be >= 0"):
         load_pid_gains(bad)
+
+
+def test_a_pid_told_each_drones_true_delay_holds_where_the_nominal_prediction_fails():
+    """The privileged guide of training: per-drone delay compensation set to the episode's delay."""
+    cfg = T.TaskConfig(drone="cf21", start="moderate", latency=T.Latency(action_delay=(5, 5)))
+    survival = {}
+    for told in (False, True):
+        policy = PIDPolicy(load_drone("cf21"), 100)
+        if told:
+            policy.controller.set_delay_compensation(5)
+        survival[told] = evaluate(policy, cfg, episodes=100, seed=0)["survival_rate"]
+    assert survival[False] < 0.5 and survival[True] >= 0.95, survival
+    pid = PIDController(load_drone("cf21"), 3)
+    pid.set_delay_compensation(np.array([0, 3, 6]), mask=np.array([True, False, True]))
+    assert pid.delay_steps.tolist() == [0, 2, 6] and pid.in_flight.shape == (3, 6, 4)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        pid.set_delay_compensation(-1)

@@ -466,3 +466,18 @@ def test_best_checkpoint_is_picked_on_the_select_starts(tmp_path):
     picked = load_model(tmp_path / "best.safetensors")[1]["provenance"]
     assert picked["iteration"] == best_row["iteration"]
     assert picked["evaluation"]["return_mean"] == pytest.approx(best_row["select_return"])
+
+
+def test_a_guide_that_knows_the_delay_is_told_each_episodes_delay(tmp_path):
+    """guide_knows_delay: the PID guide predicts across the true action delay of every episode,
+    also of the episodes that start after a crash."""
+    from snn_controller.task import Latency
+
+    config = quick_config(**{**TINY, "latency": Latency(action_delay=(0, 4)), "guide_knows_delay": True})
+    trainer = TD3Trainer(config, tmp_path)
+    trainer.collect(guide_steps_now=100, stage=0, seed=3)
+    delays = trainer.env.action_delay.numpy()
+    assert len(set(delays.tolist())) > 1  # the drones fly different delays
+    np.testing.assert_array_equal(trainer.guide.controller.delay_steps, delays)
+    with pytest.raises(ConfigError, match="guide_knows_delay needs a PID guide"):
+        quick_config(guide="models/guide_cf21.safetensors", guide_knows_delay=True)
