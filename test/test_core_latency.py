@@ -227,6 +227,6 @@ def test_the_shipped_conditions_files_load():
     from snn_controller.config import package_root
 
     files = sorted((package_root() / "config" / "conditions").glob("*.yaml"))
-    assert {f.stem for f in files} >= {"nominal", "radio_link", "training"}
+    assert {f.stem for f in files} >= {"nominal", "radio_link", "training", "randomized"}
     for f in files:
         T.load_conditions(f)
