@@ -34,7 +34,7 @@ import numpy as np
 from .config import ConfigError, build, load_yaml, package_root
 from .drone import DroneModel
 from .geometry import observation, quat_to_matrix, yaw_of
-from .supervisor import CrashLimits, crash_reasons
+from .supervisor import CrashLimits, crash_reasons, idles_on_ground
 
 # The engine (pybullet) and the state (torch) are imported where the simulator needs them: the
 # controller nodes import this module for StampedPilot and should start without torch.
@@ -357,7 +357,9 @@ class StampedPilot:
     sends ``last_action`` again, since the first answer may have been lost (a command sent before
     the simulator's subscription matched). An older stamp means the simulation was reset (time
     went back): the controller is reset and the state answered. Until a goal arrives the pilot
-    holds ``takeoff_height`` above the first finite position.
+    holds ``takeoff_height`` above the first finite position, which it takes for the ground: while
+    the drone and its goal are both on the ground (:func:`~snn_controller.supervisor.idles_on_ground`)
+    the motors stay off, and the controller is reset for the next take-off.
     """
 
     def __init__(self, controller, reset, takeoff_height: float = 0.5):
@@ -366,6 +368,7 @@ class StampedPilot:
         self.last_stamp = None
         self.last_action = None  # the answer to the state of last_stamp (None: refused)
         self.duplicates = self.time_jumps = 0
+        self.ground_z, self.idle = None, False
 
     def set_goal(self, goal, yaw: float) -> bool:
         """Take a goal; False (and the old goal kept) if it is not finite."""
@@ -391,7 +394,16 @@ class StampedPilot:
         angular_velocity_body), or None where the controller refuses it."""
         if self.goal is None and np.isfinite(state["position"]).all():
             self.goal = state["position"] + np.array([0.0, 0.0, self.takeoff_height])
+            self.ground_z = state["position"][2]
         target = self.goal if self.goal is not None else state["position"]
+        if self.ground_z is not None:
+            idle = bool(idles_on_ground(target[2] - self.ground_z, state["position"][2] - self.ground_z))
+            if idle and not self.idle:
+                self._reset()
+            self.idle = idle
+            if idle:
+                self.last_action = np.full(4, -1.0)
+                return self.last_action
         obs = observation(state["position"], state["quaternion"], state["velocity_world"],
                           state["angular_velocity_body"], target)[0]
         self.last_action = self.controller(obs, self.goal_yaw)

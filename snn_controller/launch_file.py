@@ -6,8 +6,8 @@ The launch files in launch/ are standard ROS 2 YAML launch files: on a full ROS 
 starts the same processes on a pip-only install: ``snnctl launch sim_pid.launch.yaml``.
 
 Supported subset of the YAML launch format: ``arg`` (name, default, description), ``node``
-(pkg, exec, name, namespace, param [name/value or from], remap [from/to], ros_args, output,
-if/unless), ``group`` with ``push-ros-namespace``/``push_ros_namespace`` and ``scoped``, and the
+(pkg, exec, name, namespace, param [name/value or from], remap [from/to], ros_args, launch-prefix,
+output, if/unless), ``group`` with ``push-ros-namespace``/``push_ros_namespace`` and ``scoped``, and the
 substitutions ``$(var X)``, ``$(find-pkg-share P)``, ``$(env X [default])``. Anything else is a
 clear error, never silently skipped.
 """
@@ -44,6 +44,7 @@ class NodeSpec:
     parameter_files: tuple[str, ...] = ()
     remappings: tuple[tuple[str, str], ...] = ()
     extra_ros_args: tuple[str, ...] = ()
+    launch_prefix: tuple[str, ...] = ()  # words before the command, e.g. nice -n 10
 
     def ros_args(self) -> list[str]:
         args = ["--ros-args"]
@@ -132,7 +133,8 @@ def _actions(actions, desc, given, values, namespace, where):
                               "(supported: arg, node, group)")
 
 
-_NODE_KEYS = {"pkg", "exec", "name", "namespace", "param", "remap", "ros_args", "output", "if", "unless", "args"}
+_NODE_KEYS = {"pkg", "exec", "name", "namespace", "param", "remap", "ros_args", "launch-prefix", "output", "if",
+              "unless", "args"}
 
 
 def _node(body, values, namespace, where) -> NodeSpec:
@@ -159,7 +161,8 @@ def _node(body, values, namespace, where) -> NodeSpec:
     return NodeSpec(executable=sub(body["exec"]), name=sub(body["name"]) if "name" in body else None,
                     namespace=full_ns, parameters=tuple(params), parameter_files=tuple(files),
                     remappings=remaps,
-                    extra_ros_args=tuple(shlex.split(sub(body.get("ros_args", "")))))
+                    extra_ros_args=tuple(shlex.split(sub(body.get("ros_args", "")))),
+                    launch_prefix=tuple(shlex.split(sub(body.get("launch-prefix", "")))))
 
 
 def _yaml_text(value) -> str:
@@ -208,7 +211,7 @@ def node_command(spec: NodeSpec) -> list[str]:
 
     if spec.executable not in NODES:
         raise ConfigError(f"unknown node executable '{spec.executable}'; known: {sorted(NODES)}")
-    return [sys.executable, "-m", NODES[spec.executable]] + spec.ros_args()
+    return [*spec.launch_prefix, sys.executable, "-m", NODES[spec.executable]] + spec.ros_args()
 
 
 class LaunchRunner:

@@ -25,7 +25,7 @@ import torch
 from . import task as T
 from .config import ConfigError, build, load_yaml, package_root
 from .engines.batched import GROUND_CLEARANCE
-from .supervisor import CrashLimits, crash_reasons
+from .supervisor import CrashLimits, crash_reasons, idles_on_ground
 
 @dataclass(frozen=True)
 class Segment:
@@ -247,10 +247,16 @@ def fly_mission(mission: Mission, controller, task: T.TaskConfig, drones: int = 
         crashes = [None] * drones
         yaw = np.zeros(drones)
         previous_velocity = env.engine.state.velocity.numpy().copy()
+        idle = np.zeros(drones, dtype=bool)
         for t in range(steps):
             action = np.asarray(controller.step(obs.actor.numpy(), yaw), dtype=np.float64)
+            height = env.engine.state.position[:, 2].numpy() - offset[2]
+            now_idle = idles_on_ground(mission.goal([times[t]])[0][0, 2], height)
+            if (now_idle & ~idle).any():  # a fresh guide and a cold network for the next take-off
+                controller.reset(now_idle & ~idle)
+            idle = now_idle
             down = np.array([c is not None for c in crashes])
-            action[down | ~np.isfinite(action).all(-1)] = -1.0
+            action[down | idle | ~np.isfinite(action).all(-1)] = -1.0
             if getattr(controller, "network_flew", None) is not None:
                 network[:, t] = controller.network_flew
                 has_network = True

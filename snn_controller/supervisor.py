@@ -4,7 +4,8 @@ One rule for every simulator of the project (the ROS fleet simulator and in-proc
 touching the ground while descending faster than ``landing_speed`` or tilted more than
 ``contact_tilt_deg``, or tilting past ``tilt_deg`` anywhere, is a crash; a non-finite state, or one
 outside the box (``max_distance``, ``max_speed``, below ``min_height``), is a runaway state, which a
-simulator must never report as a flight.
+simulator must never report as a flight. And the landed state: a drone resting on the ground with
+its goal on the ground idles with its motors off.
 """
 
 from __future__ import annotations
@@ -65,3 +66,13 @@ def crash_reasons(previous_velocity: np.ndarray, position: np.ndarray, velocity:
         else:
             reasons.append("")
     return reasons, runaway
+
+
+IDLE_HEIGHT = 0.05  # m above the ground: a drone and its goal both lower than this idle, motors off
+
+
+def idles_on_ground(goal_height, height, idle_height: float = IDLE_HEIGHT):
+    """True where a drone rests on the ground with its goal on the ground (heights above the
+    take-off point): its motors stay off, as a Crazyflie's before take-off and after landing. The
+    network never learnt to sit on the ground, so it must not be left flying there."""
+    return (np.asarray(goal_height) < idle_height) & (np.asarray(height) < idle_height)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from snn_controller.config import ConfigError
-from snn_controller.launch_file import LaunchRunner, node_command, parse_launch
+from snn_controller.launch_file import LaunchRunner, find_launch_file, node_command, parse_launch
 from snn_controller.ros import NODES
 from snn_controller.ros.flight_recorder import DRONE_TOPICS, recorded_topics
 
@@ -63,7 +63,7 @@ def test_one_controller_node_flies_the_fleet_file_the_simulator_simulates(launch
         recorder = dict(by_exec["flight_recorder"][0].parameters)
         assert recorder["crazyflies"] == str(fleet)
         topics = recorded_topics(yaml.safe_load(recorder["topics"]), recorder["crazyflies"], DRONE_TOPICS)
-        assert {"/a/cmd_motors_stamped", "/b/cmd_motors_stamped", "/a/odom", "/clock", "/diagnostics"} <= set(topics)
+        assert {"/a/cmd_motors_stamped", "/b/cmd_motors_stamped", "/a/odom", "/diagnostics"} <= set(topics)
         assert not any(t.startswith("/c/") for t in topics), "a disabled drone is not recorded"
 
 
@@ -144,3 +144,12 @@ def test_launch_runner_stops_every_process(ros_env):
         runner.wait(2.0)
         assert not runner.failed(), runner.output.getvalue()
     assert all(proc.poll() is not None for _, proc in runner.processes)
+
+
+def test_a_launch_prefix_goes_before_the_node_command():
+    """The recorder runs niced in sim_snn.launch.yaml: it can wait, the control loop cannot."""
+    desc = parse_launch(find_launch_file("sim_snn.launch.yaml"), {"record": "true"})
+    recorder = next(n for n in desc.nodes if n.executable == "flight_recorder")
+    assert node_command(recorder)[:3] == ["nice", "-n", "10"]
+    bridge = next(n for n in desc.nodes if n.executable == "sim_bridge")
+    assert node_command(bridge)[0] == sys.executable

@@ -24,6 +24,10 @@ def run(node_factory, args=None) -> int:
     except (ConfigError, ValueError, FileExistsError) as exc:  # bad parameters: say what is wrong and exit non-zero
         print(f"error: {exc}", file=sys.stderr)
         code = 2
+    except Exception:
+        if rclpy.ok():
+            raise
+        # Ctrl-C shut the context down while a callback ran (its publish then fails): a clean stop
     finally:
         if node is not None:
             node.destroy_node()
