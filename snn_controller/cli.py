@@ -241,7 +241,7 @@ def _conditions(args):
         latency = replace(latency, jitter=args.jitter)
     if args.observation_delay is not None:
         latency = replace(latency, observation_delay=args.observation_delay)
-    return replace(conditions, latency=type(latency)(**vars(latency)))  # validated again
+    return replace(conditions, latency=latency)
 
 
 def _evaluate(model: str, args) -> tuple[dict, str, int]:
@@ -319,17 +319,18 @@ def cmd_eval(args) -> int:
 
 def cmd_latency(args) -> int:
     """Each controller at each fixed action delay, on the same starts: the latency table."""
-    delays = [int(d) for d in args.delays.split(",")]
+    delays = sorted(int(d) for d in args.delays.split(","))
     rows = []
     for model in args.models:
-        cells = {}
+        cells, holding = {}, None
         for d in delays:
-            r, _, _ = _evaluate(model, replace_args(args, delay=(d, d)))
+            r, _, _ = _evaluate(model, argparse.Namespace(**{**vars(args), "delay": (d, d)}))
             cells[d] = {k: r[k] for k in ("return_mean", "survival_rate", "position_error_mean")}
-        holding = [d for d in delays if cells[d]["survival_rate"] >= args.bound]
-        rows.append({"model": model, "delays": cells,
-                     "max_delay_holding": max((d for d in holding if all(e in holding for e in delays if e <= d)),
-                                              default=None)})
+        for d in delays:  # the largest delay up to which every delay keeps the bound
+            if cells[d]["survival_rate"] < args.bound:
+                break
+            holding = d
+        rows.append({"model": model, "delays": cells, "max_delay_holding": holding})
     result = {"starts": args.starts, "episodes": args.episodes, "seed": args.seed, "engine": args.engine,
               "survival_bound": args.bound, "rows": rows}
     head = f"{'controller':40s}" + "".join(f"{f'delay {d}':>22s}" for d in delays) + f"  largest delay >= {args.bound:.0%}"
@@ -342,10 +343,6 @@ def cmd_latency(args) -> int:
         lines.append(f"{row['model'][-40:]:40s}{cells}  {row['max_delay_holding']}")
     _emit(args, result, "\n".join(lines))
     return 0
-
-
-def replace_args(args, **changes):
-    return argparse.Namespace(**{**vars(args), **changes})
 
 
 def cmd_train(args) -> int:

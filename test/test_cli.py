@@ -160,3 +160,16 @@ def test_train_guide_override_goes_through_the_config_checks(capsys, tmp_path):
                        "--out", str(tmp_path / "run"))
     assert code == 2 and "jump_start needs a guide" in r["error"]
     assert not (tmp_path / "run").exists(), "nothing is written for a config that does not validate"
+
+
+def test_latency_table_flies_each_controller_at_each_delay_on_the_same_starts(capsys):
+    code, r = run_json(capsys, "latency", "pid", "config/controllers/pid_no_prediction.yaml", "--delays", "3,0,2",
+                       "--episodes", "20")
+    assert code == 0 and r["starts"] == "moderate" and r["episodes"] == 20
+    pid, old = r["rows"]
+    assert list(pid["delays"]) == ["0", "2", "3"]  # sorted
+    # the PID that predicts across the loop delay holds 3 steps; the one without it loses every drone at 2
+    assert pid["delays"]["2"]["survival_rate"] >= 0.95 and pid["max_delay_holding"] == 3
+    assert old["delays"]["2"]["survival_rate"] < 0.5 and old["max_delay_holding"] == 0
+    code, r = run_json(capsys, "eval", "pid", "--delay", "3-1", "--episodes", "2")
+    assert code == 2 and "latency.action_delay must be a range" in r["error"]
