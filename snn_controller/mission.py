@@ -241,7 +241,8 @@ def fly_mission(mission: Mission, controller, task: T.TaskConfig, drones: int = 
         obs, _ = env.reset()
         controller.reset()
         times = np.arange(steps) * task.dt
-        positions, goals = np.zeros((drones, steps, 3)), np.zeros((drones, steps, 3))
+        path, _ = mission.goal(np.arange(steps + 1) * task.dt)  # the goal at every step, once
+        positions = np.zeros((drones, steps, 3))
         network = np.zeros((drones, steps), dtype=bool)
         has_network = False
         crashes = [None] * drones
@@ -251,7 +252,7 @@ def fly_mission(mission: Mission, controller, task: T.TaskConfig, drones: int = 
         for t in range(steps):
             action = np.asarray(controller.step(obs.actor.numpy(), yaw), dtype=np.float64)
             height = env.engine.state.position[:, 2].numpy() - offset[2]
-            now_idle = idles_on_ground(mission.goal([times[t]])[0][0, 2], height)
+            now_idle = idles_on_ground(path[t, 2], height)
             if (now_idle & ~idle).any():  # a fresh guide and a cold network for the next take-off
                 controller.reset(now_idle & ~idle)
             idle = now_idle
@@ -263,9 +264,7 @@ def fly_mission(mission: Mission, controller, task: T.TaskConfig, drones: int = 
             obs, *_ = env.step(torch.as_tensor(action))
             s = env.engine.state.as_numpy()
             origin = env.origin.numpy()
-            goal_now, _ = mission.goal([times[t] + task.dt])
             positions[:, t] = s["position"] - origin - offset
-            goals[:, t] = goal_now[0]
             on_ground = s["position"][:, 2] < GROUND_CLEARANCE + 0.005
             reasons, _ = crash_reasons(previous_velocity, s["position"] - origin, s["velocity"], s["quaternion"],
                                        on_ground, limits)
@@ -273,6 +272,7 @@ def fly_mission(mission: Mission, controller, task: T.TaskConfig, drones: int = 
                 if why and crashes[k] is None:
                     crashes[k] = {"time": float(times[t] + task.dt), "reason": why}
             previous_velocity = s["velocity"].copy()
+        goals = np.broadcast_to(path[1:], positions.shape)  # after step t: the goal of t + 1
         result = mission_metrics(mission, times + task.dt, positions, goals, network if has_network else None, crashes)
         result.update(engine=engine, seed=seed)
         return result

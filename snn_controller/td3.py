@@ -45,8 +45,7 @@ import torch
 from . import task as T
 from .config import ConfigError, build, load_yaml, to_dict
 from .envs import FlightEnv, evaluate
-from .evaluation import TorchActorRunner, flight_policy, make_guide
-from .evaluation import pid_gains as evaluation_pid_gains
+from .evaluation import TorchActorRunner, flight_policy, make_guide, pid_gains
 from .model_file import (ACTION_LAYOUT, OBS_LAYOUT, PRIVILEGED_OBS_LAYOUT, code_version, save_model,
                          write_atomically)
 from .networks import Critic, MLPActor
@@ -135,7 +134,7 @@ class TrainConfig:
             raise ConfigError("jump_start needs a guide (guide: pid, a PID gains file or a guide model file)")
         if self.bc_target == "guide" and self.guide == "none":
             raise ConfigError("bc_target: guide needs a guide (guide: pid, a PID gains file or a guide model file)")
-        if self.guide_knows_delay and evaluation_pid_gains(self.guide) is None:
+        if self.guide_knows_delay and pid_gains(self.guide) is None:
             raise ConfigError("guide_knows_delay needs a PID guide (pid or a gains file): it sets the PID's delay "
                               "compensation")
         if not self.online and self.guide == "none":

@@ -137,7 +137,6 @@ class FleetMonitor(Node):
         if self.mission_start is None:
             return None
         start_time = self.mission_start
-
         names = list(self.history)
         with self.lock:
             rows = {n: np.array(self.history[n]) if self.history[n] else np.zeros((0, 7)) for n in names}

@@ -26,7 +26,7 @@ is never published (the drone is held at rest on the ground, crashed). Each cras
 
 Parameters (declared at the top of SimBridge, with their defaults and units): crazyflies, drone,
 mode, rate, command_timeout, command_delay, command_age_warn, lockstep_resend, lockstep_timeout,
-crash_landing_speed, crash_contact_tilt_deg, crash_tilt_deg, runaway_distance, runaway_speed,
+real_time_factor (lockstep at most this fast against the wall clock; 0: no cap), crash_landing_speed, crash_contact_tilt_deg, crash_tilt_deg, runaway_distance, runaway_speed,
 substeps, gui, ground_effect, drag, frame_id.
 """
 
