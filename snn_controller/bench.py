@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
 import torch
 
-from .drone import load_drone
-from .engines import make_engine
+from .sim.drone import load_drone
+from .sim.engines import make_engine
 
 
 def _rate(engine, n: int, min_seconds: float) -> float:
@@ -62,14 +61,14 @@ def _latency(fn, repeats: int) -> dict:
 def bench_policy(model_path=None, repeats: int = 5000) -> dict:
     """Single-step latency of the paper's network (18 -> 256 -> 128 -> 4), batch 1: the numpy
     deployment path, the torch path, and snnTorch's equivalent network when it is installed."""
-    from .snn import SpikingActor, actor_tensors
-    from .snn_numpy import NumpySpikingActor
+    from .networks.spiking import SpikingActor, actor_tensors
+    from .networks.spiking_numpy import NumpySpikingActor
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     actor = SpikingActor()
     if model_path:
-        from .snn import load_actor
+        from .networks.spiking import load_actor
 
         actor, _ = load_actor(model_path)
     manifest = {"architecture": {"type": "lif_actor", "obs_dim": 18, "hidden": list(actor.arch.hidden),
@@ -126,7 +125,7 @@ def bench_train(num_drones: int = 64, updates: int = 10, batch_size: int = 32) -
     guide for half of each episode) in the loop, and sequence updates per second."""
     import tempfile
 
-    from .td3 import TD3Trainer, quick_config
+    from .train.td3 import TD3Trainer, quick_config
 
     config = quick_config(num_drones=num_drones, batch_size=batch_size, threads=1)
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,8 +25,8 @@ def _fmt_rate(r: float) -> str:
 def cmd_sim_replay(args) -> int:
     import numpy as np
 
-    from .drone import load_drone
-    from .replay import load_replay_input, replay
+    from .sim.command_replay import load_replay_input, replay
+    from .sim.drone import load_drone
 
     model = load_drone(args.drone)
     state, actions, file_dt = load_replay_input(args.input)
@@ -42,7 +42,7 @@ def cmd_sim_replay(args) -> int:
 
 
 def cmd_drones(args) -> int:
-    from .drone import available_drones, load_drone
+    from .sim.drone import available_drones, load_drone
 
     rows = []
     for name in available_drones():
@@ -103,7 +103,7 @@ def cmd_bench_loop(args) -> int:
 
 
 def cmd_bag_info(args) -> int:
-    from .bag import bag_info
+    from .io.bag import bag_info
 
     r = bag_info(args.path)
     lines = [f"{r['path']}: {r['messages']} messages over {r['duration_s']:.1f} s"]
@@ -126,7 +126,7 @@ def cmd_bench_train(args) -> int:
 # --- launch ------------------------------------------------------------------------------------
 def cmd_launch(args) -> int:
     from .config import ConfigError
-    from .launch_file import LaunchRunner, parse_launch
+    from .ros.launch import LaunchRunner, parse_launch
 
     given = {}
     for item in args.arguments:
@@ -136,14 +136,14 @@ def cmd_launch(args) -> int:
         given[k] = v
     desc = parse_launch(args.file, given)
     if args.print:
-        from .launch_file import node_command
+        from .ros.launch import node_command
 
         cmds = [node_command(n) for n in desc.nodes]
         _emit(args, {"file": str(desc.path), "commands": cmds}, "\n".join(" ".join(c) for c in cmds))
         return 0
     monitor_names = None
     if args.monitor:
-        from .fleet import load_fleet
+        from .sim.fleet import load_fleet
 
         fleet_file = given.get("crazyflies") or None
         monitor_names = list(load_fleet(fleet_file).enabled_robots())
@@ -164,7 +164,7 @@ def cmd_launch(args) -> int:
     if summary:
         text += "\n" + "\n".join(f"{name}: {s}" for name, s in summary.items())
     if mission:
-        from .mission import format_metrics
+        from .task.mission import format_metrics
 
         text += "\n" + format_metrics(mission)
     _emit(args, result, text)
@@ -175,8 +175,8 @@ def cmd_launch(args) -> int:
 def _launched_mission(desc):
     """(mission, take-off points) of the launch's mission_sequencer, or None: the monitor scores
     the mission with exactly the parameters the sequencer got."""
-    from .fleet import load_fleet
-    from .mission import load_mission, take_off_points
+    from .sim.fleet import load_fleet
+    from .task.mission import load_mission, take_off_points
 
     node = next((n for n in desc.nodes if n.executable == "mission_sequencer"), None)
     if node is None:
@@ -231,7 +231,7 @@ def _conditions(args):
     --observation-delay on top."""
     from dataclasses import replace
 
-    from .task import Conditions, load_conditions
+    from .task.spec import Conditions, load_conditions
 
     conditions = load_conditions(args.randomize) if args.randomize else Conditions()
     latency = conditions.latency
@@ -247,19 +247,18 @@ def _conditions(args):
 def _evaluate(model: str, args) -> tuple[dict, str, int]:
     """One ``snnctl eval`` run: (result, drone, steps the guide flies first)."""
     from .config import to_dict
-    from .task import TaskConfig
-
-    from .evaluation import evaluate_model, make_guide, pid_gains
+    from .control.controllers import evaluate_model, make_guide, pid_gains
+    from .task.spec import TaskConfig
 
     conditions = _conditions(args)
     if pid_gains(model) is not None:  # a PID guide alone ('pid' or a gains file), for comparison
-        from .envs import evaluate
+        from .task.envs import evaluate
 
         task = TaskConfig(drone=args.drone, start=args.starts, stage=args.stage).under(conditions)
         r = evaluate(make_guide(model, args.drone, args.episodes, task.dt), task, args.episodes,
                      engine=args.engine, seed=args.seed)
         return {**r, "guide": model, "conditions": to_dict(conditions)}, args.drone, 0
-    from .model_file import load_model
+    from .io.model_file import load_model
 
     _, manifest = load_model(model)
     task = TaskConfig(drone=manifest["drone"], start=args.starts, stage=args.stage, dt=manifest["dt"])
@@ -270,10 +269,10 @@ def _evaluate(model: str, args) -> tuple[dict, str, int]:
 
 def cmd_eval_mission(args) -> int:
     from .config import to_dict
-    from .evaluation import deployed_controller, pid_gains
-    from .mission import fly_mission, format_metrics, load_mission
-    from .model_file import load_model
-    from .task import TaskConfig
+    from .control.controllers import deployed_controller, pid_gains
+    from .io.model_file import load_model
+    from .task.mission import fly_mission, format_metrics, load_mission
+    from .task.spec import TaskConfig
 
     mission = load_mission(args.mission)
     drone = args.drone if pid_gains(args.model) is not None else load_model(args.model)[1]["drone"]
@@ -348,7 +347,7 @@ def cmd_latency(args) -> int:
 def cmd_train(args) -> int:
     from dataclasses import replace
 
-    from .td3 import load_train_config, train
+    from .train.td3 import load_train_config, train
 
     config = load_train_config(args.config)
     if args.seed is not None:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from snn_controller.bag import TYPESTORE, BagWriter, bag_info, read_messages
+from snn_controller.io.bag import TYPESTORE, BagWriter, bag_info, read_messages
 
 
 def odometry_cdr(z: float) -> bytes:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from snn_controller.cli import main
-from snn_controller.drone import load_drone
+from snn_controller.sim.drone import load_drone
 
 
 def run_json(capsys, *argv):
@@ -142,10 +142,10 @@ def test_eval_compares_two_controllers_start_by_start(capsys):
 
 
 def test_eval_of_an_ann_model(capsys, tmp_path):
-    from snn_controller.model_file import save_model
-    from snn_controller.networks import MLPActor
-    from snn_controller.snn import actor_tensors
-    from snn_controller.td3 import actor_manifest, quick_config
+    from snn_controller.io.model_file import save_model
+    from snn_controller.networks.mlp import MLPActor
+    from snn_controller.networks.spiking import actor_tensors
+    from snn_controller.train.td3 import actor_manifest, quick_config
 
     config = quick_config(actor="ann", actor_hidden=(16, 8))
     tensors, manifest = actor_manifest(MLPActor(18, (16, 8)), config, {"method": "test"})

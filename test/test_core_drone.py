@@ -1,6 +1,6 @@
-"""Drone models: constants from task.md, validation errors, gym-pybullet-drones URDF files.
+"""Drone models: constants from docs/task.md, validation errors, gym-pybullet-drones URDF files.
 
-Expected numbers are derived here by hand from task.md (section 1), not copied from the code.
+Expected numbers are derived here by hand from docs/task.md (section 1), not copied from the code.
 """
 
 import copy
@@ -13,7 +13,7 @@ import yaml
 torch.set_num_threads(1)
 
 from snn_controller.config import ConfigError, package_root  # noqa: E402
-from snn_controller.drone import load_drone, load_urdf  # noqa: E402
+from snn_controller.sim.drone import load_drone, load_urdf  # noqa: E402
 
 DRONES_DIR = package_root() / "config" / "drones"
 
@@ -49,7 +49,7 @@ def test_cf21_constants_from_task_md():
     # Hover: 4 T(w) = m g  ->  0.1201 w^2 - 0.0112 w + 0.0213 - 0.027*9.81/4 = 0 (larger root).
     c = 0.0213 - 0.027 * 9.81 / 4
     w_hover = (0.0112 + math.sqrt(0.0112**2 - 4 * 0.1201 * c)) / (2 * 0.1201)
-    assert w_hover == pytest.approx(0.66, abs=0.01)  # task.md: hover at w ~= 0.667
+    assert w_hover == pytest.approx(0.66, abs=0.01)  # docs/task.md: hover at w ~= 0.667
     assert m.hover_rotor_speed == pytest.approx(w_hover, rel=1e-9)
     assert m.hover_action == pytest.approx(2 * w_hover - 1, rel=1e-9)
     # Thrust-to-weight ~2: 4 T(1) / (m g)

@@ -1,6 +1,6 @@
 """Physics engines: hand-derived checks of the equations of motion and batched/pybullet agreement.
 
-Equations (task.md section 1): T_i = c0 + c1 w + c2 w^2 along body +z, yaw torque d_i k T_i,
+Equations (docs/task.md section 1): T_i = c0 + c1 w + c2 w^2 along body +z, yaw torque d_i k T_i,
 motor lag dw/dt = (w_cmd - w) / tau, w_cmd = (a + 1) / 2.
 """
 
@@ -11,9 +11,9 @@ import torch
 
 torch.set_num_threads(1)
 
-from snn_controller.drone import load_drone  # noqa: E402
-from snn_controller.engines import make_engine  # noqa: E402
-from snn_controller.state import DroneState  # noqa: E402
+from snn_controller.sim.drone import load_drone  # noqa: E402
+from snn_controller.sim.engines import make_engine  # noqa: E402
+from snn_controller.sim.state import DroneState  # noqa: E402
 
 F64 = torch.float64
 DT = 0.01

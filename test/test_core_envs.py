@@ -9,17 +9,17 @@ import torch
 
 torch.set_num_threads(1)
 
-from snn_controller import task as T  # noqa: E402
-from snn_controller.envs import CrazyflieEnv, FlightEnv  # noqa: E402
-from snn_controller.pid import PIDPolicy  # noqa: E402
-from snn_controller.state import DroneState  # noqa: E402
+from snn_controller.task import spec as T
+from snn_controller.task.envs import CrazyflieEnv, FlightEnv  # noqa: E402
+from snn_controller.control.pid import PIDPolicy  # noqa: E402
+from snn_controller.sim.state import DroneState  # noqa: E402
 
 F64 = torch.float64
 A_HOVER_TASK = 2 * 0.667 - 1
 
 
 def _hover_w_cf21():
-    """Larger root of 4 (0.0213 - 0.0112 w + 0.1201 w^2) = 0.027 * 9.81 (task.md)."""
+    """Larger root of 4 (0.0213 - 0.0112 w + 0.1201 w^2) = 0.027 * 9.81 (docs/task.md)."""
     c = 0.0213 - 0.027 * 9.81 / 4
     return (0.0112 + math.sqrt(0.0112**2 - 4 * 0.1201 * c)) / (2 * 0.1201)
 
@@ -65,7 +65,7 @@ def _env_at_target(drone="cf21", n=2, **kwargs):
 
 @pytest.mark.parametrize("hover_action", [None, A_HOVER_TASK])
 def test_episode_at_target_with_hover_actions_survives_to_truncation(hover_action):
-    """a_hover is the drone's own hover command by default; task.md's rounded 0.334 stays selectable."""
+    """a_hover is the drone's own hover command by default; docs/task.md's rounded 0.334 stays selectable."""
     env = _env_at_target(hover_action=hover_action)
     w = _hover_w_cf21()
     a_model = 2 * w - 1  # the model's own hover command (~0.320)
@@ -186,7 +186,7 @@ def test_observation_noise_and_history():
     env = FlightEnv(cfg, 4000, engine="batched", seed=2, autoreset=False, dtype=F64)
     obs, _ = env.reset()
     assert obs.actor.shape == (4000, 18) and obs.privileged.shape == (4000, 146) and obs.critic.shape == (4000, 146)
-    # the critic sees the true state; the actor the same plus Gaussian noise of task.md's std
+    # the critic sees the true state; the actor the same plus Gaussian noise of docs/task.md's std
     target = torch.tensor(cfg.target.position, dtype=F64)
     true = T.observation(env.engine.state, target.expand(4000, 3))
     assert (obs.critic[:, :18] - true).abs().max() < 1e-12

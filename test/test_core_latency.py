@@ -6,13 +6,13 @@ import torch
 
 torch.set_num_threads(1)
 
-from snn_controller import task as T  # noqa: E402
+from snn_controller.task import spec as T
 from snn_controller.config import ConfigError  # noqa: E402
-from snn_controller.drone import load_drone  # noqa: E402
-from snn_controller.engines import make_engine  # noqa: E402
-from snn_controller.envs import FlightEnv, evaluate  # noqa: E402
-from snn_controller.pid import PIDPolicy  # noqa: E402
-from snn_controller.state import DroneState  # noqa: E402
+from snn_controller.sim.drone import load_drone  # noqa: E402
+from snn_controller.sim.engines import make_engine  # noqa: E402
+from snn_controller.task.envs import FlightEnv, evaluate  # noqa: E402
+from snn_controller.control.pid import PIDPolicy  # noqa: E402
+from snn_controller.sim.state import DroneState  # noqa: E402
 
 F64 = torch.float64
 NO_NOISE = T.ObservationNoise(position=0.0, rotation=0.0, velocity=0.0, angular_velocity=0.0)

@@ -6,10 +6,10 @@ import torch
 
 torch.set_num_threads(1)
 
-from snn_controller import task as T  # noqa: E402
-from snn_controller.drone import load_drone  # noqa: E402
-from snn_controller.envs import evaluate  # noqa: E402
-from snn_controller.pid import PIDController, PIDPolicy  # noqa: E402
+from snn_controller.task import spec as T
+from snn_controller.sim.drone import load_drone  # noqa: E402
+from snn_controller.task.envs import evaluate  # noqa: E402
+from snn_controller.control.pid import PIDController, PIDPolicy  # noqa: E402
 
 
 @pytest.mark.parametrize("drone", ["cf21", "cf2x"])
@@ -23,7 +23,7 @@ def test_pid_moderate_starts(drone):
 
 
 def test_pid_paper_starts_cf21():
-    """task.md: random initial rotor speeds make the paper's starts hard; the issue aims at >= 70 %.
+    """docs/task.md: random initial rotor speeds make the paper's starts hard; the issue aims at >= 70 %.
     1000 episodes keep the estimate's standard error near 1.4 %."""
     cfg = T.TaskConfig(drone="cf21", start="paper")
     result = evaluate(PIDPolicy(load_drone("cf21"), 1000), cfg, episodes=1000, engine="batched", seed=0,
@@ -123,7 +123,7 @@ def test_delay_compensation_extends_the_delay_the_pid_holds():
     in flight keeps the drones flying (the shipped gains predict 2 steps)."""
     from dataclasses import replace
 
-    from snn_controller.pid import load_pid_gains
+    from snn_controller.control.pid import load_pid_gains
 
     gains = load_pid_gains()
     assert gains.delay_compensation == 2
@@ -140,7 +140,7 @@ def test_delay_compensation_changes_nothing_at_equilibrium_and_rejects_negative_
     from dataclasses import replace
 
     from snn_controller.config import ConfigError
-    from snn_controller.pid import load_pid_gains
+    from snn_controller.control.pid import load_pid_gains
 
     model = load_drone("cf21")
     for steps in (0, 3):

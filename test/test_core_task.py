@@ -1,6 +1,6 @@
 """The flight task: reward, curriculum, termination, start distributions, observation, targets.
 
-Expected values are computed here from the formulas of task.md section 2.
+Expected values are computed here from the formulas of docs/task.md section 2.
 """
 
 import math
@@ -11,12 +11,12 @@ import torch
 torch.set_num_threads(1)
 
 from snn_controller.config import ConfigError  # noqa: E402
-from snn_controller.state import DroneState  # noqa: E402
-from snn_controller import task as T  # noqa: E402
+from snn_controller.sim.state import DroneState  # noqa: E402
+from snn_controller.task import spec as T
 
 F64 = torch.float64
 A_HOVER = 2 * 0.667 - 1
-# paper Table 5 (task.md): C_rp, C_rv, C_ra, C_rq, C_rs
+# paper Table 5 (docs/task.md): C_rp, C_rv, C_ra, C_rq, C_rs
 START = dict(rp=1.0, rv=0.01, ra=0.14, rq=0.25, rs=1.0)
 END = dict(rp=3.5, rv=0.10, ra=0.50, rq=0.25, rs=1.0)
 

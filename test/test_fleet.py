@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from snn_controller.config import ConfigError
-from snn_controller.drone import load_drone
-from snn_controller.fleet import REST_HEIGHT, CrashLimits, FleetSimulator, RobotConfig, StampedPilot, load_fleet
-from snn_controller.state import DroneState
+from snn_controller.sim.drone import load_drone
+from snn_controller.sim.fleet import REST_HEIGHT, CrashLimits, FleetSimulator, RobotConfig, StampedPilot, load_fleet
+from snn_controller.sim.state import DroneState
 
 HOVER = [0.0] * 4  # some valid command; its value does not matter here
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from snn_controller.config import ConfigError
-from snn_controller.launch_file import LaunchRunner, find_launch_file, node_command, parse_launch
+from snn_controller.ros.launch import LaunchRunner, find_launch_file, node_command, parse_launch
 from snn_controller.ros import NODES
 from snn_controller.ros.flight_recorder import DRONE_TOPICS, recorded_topics
 

@@ -9,15 +9,15 @@ import torch
 
 torch.set_num_threads(1)
 
-from snn_controller import task as T  # noqa: E402
+from snn_controller.task import spec as T
 from snn_controller.cli import main  # noqa: E402
 from snn_controller.config import ConfigError  # noqa: E402
-from snn_controller.drone import load_drone  # noqa: E402
-from snn_controller.engines import make_engine  # noqa: E402
-from snn_controller.engines.batched import GROUND_CLEARANCE  # noqa: E402
-from snn_controller.evaluation import deployed_controller  # noqa: E402
-from snn_controller.mission import Mission, Segment, fly_mission, load_mission  # noqa: E402
-from snn_controller.state import DroneState  # noqa: E402
+from snn_controller.sim.drone import load_drone  # noqa: E402
+from snn_controller.sim.engines import make_engine  # noqa: E402
+from snn_controller.sim.batched_engine import GROUND_CLEARANCE  # noqa: E402
+from snn_controller.control.controllers import deployed_controller  # noqa: E402
+from snn_controller.task.mission import Mission, Segment, fly_mission, load_mission  # noqa: E402
+from snn_controller.sim.state import DroneState  # noqa: E402
 
 MODEL = "models/td3bc_jsrl_cf21.safetensors"
 

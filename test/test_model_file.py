@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from snn_controller.model_file import ModelFileError, load_model, save_model
-from snn_controller.snn import ActorArchitecture, SpikingActor, actor_tensors, load_actor, save_actor
+from snn_controller.io.model_file import ModelFileError, load_model, save_model
+from snn_controller.networks.spiking import ActorArchitecture, SpikingActor, actor_tensors, load_actor, save_actor
 
 ARCH = ActorArchitecture(hidden=(16, 8))
 

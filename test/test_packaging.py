@@ -30,7 +30,47 @@ print(len(names))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     imported = int(out.stdout.strip())
-    assert imported >= 25, f"only {imported} core modules found"  # td3, snn, policy, evaluation, mission, ...
+    assert imported >= 30, f"only {imported} core modules found"  # train.td3, networks.spiking, task.mission, ...
+
+
+# The architecture in one line: each layer imports only from the layers before it.
+LAYERS = (("config", "io"), ("sim",), ("task",), ("networks",), ("control",), ("train",), ("cli", "bench", "ros"))
+
+
+def _layer(module: str) -> int:
+    part = module.split(".")[1] if "." in module else ""
+    for rank, names in enumerate(LAYERS):
+        if part in names:
+            return rank
+    return 0  # the package root (__version__)
+
+
+def test_layers_import_only_downwards():
+    """config, io -> sim -> task -> networks -> control -> train -> cli, bench, ros: a module imports
+    nothing from a later layer (or from a later layer's package by a relative import)."""
+    import ast
+
+    package = ROOT / "snn_controller"
+    offences = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        parts = list(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        module = ".".join(parts)
+        here = parts if rel.name == "__init__" else parts[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = here[:len(here) - node.level + 1]
+                targets = [".".join(base + ([node.module] if node.module else []))]
+                if not node.module:  # from . import spec
+                    targets = [f"{targets[0]}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("snn_controller"):
+                targets = [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names if a.name.startswith("snn_controller")]
+            else:
+                continue
+            offences += [f"{module} imports {t}" for t in targets if _layer(t) > _layer(module)]
+    assert not offences, offences
 
 
 def test_requirements_pin_torch_and_avoid_the_wrong_launch():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from snn_controller.policy import GuidedPolicy, SupervisedPolicy
+from snn_controller.control.handover import GuidedPolicy, SupervisedPolicy
 
 
 class Const:

@@ -15,7 +15,7 @@ from std_msgs.msg import Float32MultiArray  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from conftest import spin_until  # noqa: E402
-from snn_controller.ros import qos  # noqa: E402
+from snn_controller.ros import qos
 
 SIM = "snn_controller.ros.sim_bridge"
 PID = "snn_controller.ros.pid_controller"

@@ -15,7 +15,7 @@ from nav_msgs.msg import Odometry  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 
 from test_ros_nodes import SIM, Probe  # noqa: E402
-from snn_controller.ros import qos  # noqa: E402
+from snn_controller.ros import qos
 from snn_controller.ros.monitor import FleetMonitor  # noqa: E402
 from snn_controller.ros.conversions import time_from_ns  # noqa: E402
 

@@ -21,7 +21,7 @@ from sensor_msgs.msg import JointState  # noqa: E402
 
 from conftest import Processes  # noqa: E402
 from test_ros_nodes import PID, SIM, Probe  # noqa: E402
-from snn_controller.ros import qos  # noqa: E402
+from snn_controller.ros import qos
 from snn_controller.ros.conversions import stamp_ns, time_from_ns, time_msg  # noqa: E402
 from snn_controller.ros.monitor import FleetMonitor  # noqa: E402
 

@@ -10,7 +10,7 @@ rclpy = pytest.importorskip("rclpy")
 from std_msgs.msg import String  # noqa: E402
 
 from conftest import spin_until  # noqa: E402
-from snn_controller.ros import qos  # noqa: E402
+from snn_controller.ros import qos
 
 
 def test_trainer_node_publishes_progress_and_writes_the_run(processes, ros_context, tmp_path):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from snn_controller.snn import ActorArchitecture, LIFLayer, SpikingActor, actor_tensors, spike
-from snn_controller.snn_numpy import NumpySpikingActor
+from snn_controller.networks.spiking import ActorArchitecture, LIFLayer, SpikingActor, actor_tensors, spike
+from snn_controller.networks.spiking_numpy import NumpySpikingActor
 
 torch.set_num_threads(1)
 
@@ -133,7 +133,7 @@ def test_numpy_path_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys\nimport snn_controller.snn_numpy, snn_controller.policy, snn_controller.pid, "
-            "snn_controller.geometry\nprint('torch' in sys.modules)")
+    code = ("import sys\nimport snn_controller.networks.spiking_numpy, snn_controller.control.handover, snn_controller.control.pid, "
+            "snn_controller.sim.rotations\nprint('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from snn_controller.config import ConfigError
-from snn_controller.replay_buffer import SequenceBuffer
-from snn_controller.td3 import TD3Trainer, TrainConfig, load_train_config, n_step_targets, quick_config, train
+from snn_controller.train.buffer import SequenceBuffer
+from snn_controller.train.td3 import TD3Trainer, TrainConfig, load_train_config, n_step_targets, quick_config, train
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -348,7 +348,7 @@ def _record_flight(trainer, guide_net=None):
 def test_a_trained_guide_ann_file_flies_the_jump_start(tmp_path):
     """The guide ANN (privileged, feed-forward, warm-up 0) trains with the same code, and its model
     file then flies the first G steps of the method's rollouts."""
-    from snn_controller.evaluation import load_mlp
+    from snn_controller.control.controllers import load_mlp
 
     guide_config = quick_config(**{**TINY, "iterations": 2, "eval_every": 2, "actor": "ann", "actor_hidden": (16, 16),
                                    "privileged_actor": True, "warmup_steps": 0})
@@ -361,9 +361,9 @@ def test_a_trained_guide_ann_file_flies_the_jump_start(tmp_path):
     assert all(torch.allclose(a, e.to(a.dtype), atol=1e-6) for a, e in zip(executed, expected))
 
     # ... and the run evaluates with its own guide flying the warm-up: the guide ANN, then the actor
-    from snn_controller import task as T
-    from snn_controller.envs import FlightEnv
-    from snn_controller.evaluation import TorchActorRunner, flight_policy
+    from snn_controller.task import spec as T
+    from snn_controller.task.envs import FlightEnv
+    from snn_controller.control.controllers import TorchActorRunner, flight_policy
 
     n, guide_net, actor = 4, load_mlp(guide_file), TorchActorRunner(trainer.actor, 4)
     policy = flight_policy(TorchActorRunner(trainer.actor, n), T.TaskConfig(), n, False, 50, str(guide_file))
@@ -382,9 +382,9 @@ def test_a_trained_guide_ann_file_flies_the_jump_start(tmp_path):
 def test_both_handover_paths_evaluate_the_same_flight(trainer):
     """The PID guide evaluated through the deployment path (numpy GuidedPolicy) and through the
     FlightEnv handover used for guide ANN files give the same episodes."""
-    from snn_controller import task as T
-    from snn_controller.envs import evaluate
-    from snn_controller.evaluation import EnvGuidedPolicy, TorchActorRunner, flight_policy, make_guide
+    from snn_controller.task import spec as T
+    from snn_controller.task.envs import evaluate
+    from snn_controller.control.controllers import EnvGuidedPolicy, TorchActorRunner, flight_policy, make_guide
 
     task, n = T.TaskConfig(start="paper"), 8
     deployed = evaluate(flight_policy(TorchActorRunner(trainer.actor, n), task, n, False, 50), task, n)
@@ -395,8 +395,8 @@ def test_both_handover_paths_evaluate_the_same_flight(trainer):
 
 
 def test_a_pid_gains_file_guides_training_and_its_evaluations(tmp_path, monkeypatch):
-    import snn_controller.td3 as td3
-    from snn_controller.pid import load_pid_gains
+    import snn_controller.train.td3 as td3
+    from snn_controller.control.pid import load_pid_gains
 
     weak = "config/controllers/pid_weak.yaml"
     trainer = TD3Trainer(quick_config(**{**TINY, "guide": weak}), tmp_path / "weak")
@@ -450,7 +450,7 @@ def test_bc_target_guide_labels_every_step_and_the_bc_term_uses_the_labels(tmp_p
 def test_best_checkpoint_is_picked_on_the_select_starts(tmp_path):
     """select_starts: the slope still reads the eval_starts evaluation; best.safetensors is the
     checkpoint with the best return on the selection starts, and says which evaluation picked it."""
-    from snn_controller.model_file import load_model
+    from snn_controller.io.model_file import load_model
 
     config = quick_config(**{**TINY, "iterations": 2, "eval_every": 1, "checkpoint_every": 2,
                              "eval_starts": "moderate", "select_starts": "paper"})
@@ -471,7 +471,7 @@ def test_best_checkpoint_is_picked_on_the_select_starts(tmp_path):
 def test_a_guide_that_knows_the_delay_is_told_each_episodes_delay(tmp_path):
     """guide_knows_delay: the PID guide predicts across the true action delay of every episode,
     also of the episodes that start after a crash."""
-    from snn_controller.task import Latency
+    from snn_controller.task.spec import Latency
 
     config = quick_config(**{**TINY, "latency": Latency(action_delay=(0, 4)), "guide_knows_delay": True})
     trainer = TD3Trainer(config, tmp_path)

@@ -3,7 +3,7 @@
 Motor commands from our controllers are ``sensor_msgs/JointState`` (:func:`motor_command_msg`):
 a standard message (no custom .msg has to be built, which a pip-only install cannot do reliably),
 with a header whose stamp says which odometry the command answers, and a name per motor
-(``m1``..``m4``, the motor order of task.md) with the command in ``effort`` (action units,
+(``m1``..``m4``, the motor order of docs/task.md) with the command in ``effort`` (action units,
 [-1, 1]); position and velocity stay empty. Stamps are built from integer nanoseconds.
 """
 
@@ -15,8 +15,8 @@ from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
 from sensor_msgs.msg import Imu, JointState
 
-from ..fleet import NS_PER_S
-from ..geometry import quat_to_matrix, yaw_of
+from ..sim.fleet import NS_PER_S
+from ..sim.rotations import quat_to_matrix, yaw_of
 
 MOTOR_NAMES = ["m1", "m2", "m3", "m4"]
 

@@ -15,8 +15,8 @@ import importlib
 
 from rclpy.node import Node
 
-from ..bag import BagWriter
-from ..fleet import load_fleet
+from ..io.bag import BagWriter
+from ..sim.fleet import load_fleet
 from . import qos
 from .node_main import run
 

@@ -20,8 +20,8 @@ from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from std_msgs.msg import String
 
-from ..fleet import load_fleet
-from ..mission import load_mission, take_off_points
+from ..sim.fleet import load_fleet
+from ..task.mission import load_mission, take_off_points
 from . import qos
 from .conversions import NS_PER_S, stamp_ns
 from .node_main import run

@@ -3,7 +3,7 @@
 Subscribes /<name>/odom of every drone (position history) and /diagnostics (sim_bridge's status
 per drone: command age p50/p99/max in steps, stale commands, crashes; snn_policy's: who flies).
 :meth:`FleetMonitor.mission_report` scores a mission flown through ROS with the metrics of
-:func:`snn_controller.mission.mission_metrics`, as ``snnctl eval --mission`` does in process;
+:func:`snn_controller.task.mission.mission_metrics`, as ``snnctl eval --mission`` does in process;
 who flew and crash times come from the 1 Hz diagnostics, so they are known to about a second.
 """
 
@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
-from std_msgs.msg import String
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
+from std_msgs.msg import String
 
 from . import qos
 from .conversions import NS_PER_S, odometry_arrays, stamp_ns
@@ -132,7 +132,7 @@ class FleetMonitor(Node):
         """The mission's metrics from the recorded odometry (mission time = sim time - the start the
         sequencer announced); ``homes``: each drone's take-off point (mission z = 0). None before
         the sequencer said when the mission starts."""
-        from ..mission import mission_metrics
+        from ..task.mission import mission_metrics
 
         if self.mission_start is None:
             return None

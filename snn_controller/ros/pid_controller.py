@@ -22,9 +22,9 @@ from nav_msgs.msg import Odometry
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 
-from ..drone import load_drone
-from ..fleet import StampedPilot, controlled_drones
-from ..pid import PIDController, load_pid_gains
+from ..control.pid import PIDController, load_pid_gains
+from ..sim.drone import load_drone
+from ..sim.fleet import StampedPilot, controlled_drones
 from . import qos
 from .conversions import motor_command_msg, odometry_arrays, pose_target, stamp_ns
 from .node_main import run

@@ -43,8 +43,8 @@ from sensor_msgs.msg import Imu, JointState
 from std_msgs.msg import Float32MultiArray
 from std_srvs.srv import Trigger
 
-from ..drone import load_drone
-from ..fleet import CrashLimits, FleetSimulator, load_fleet
+from ..sim.drone import load_drone
+from ..sim.fleet import CrashLimits, FleetSimulator, load_fleet
 from . import qos
 from .conversions import imu_msg, odometry_msg, pose_msg, stamp_ns, time_from_ns
 from .node_main import run

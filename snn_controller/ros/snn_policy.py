@@ -36,11 +36,11 @@ from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 
 from ..config import package_root
-from ..drone import load_drone
-from ..fleet import StampedPilot, controlled_drones
-from ..pid import PIDController, load_pid_gains
-from ..policy import SupervisedPolicy
-from ..snn_numpy import NumpySpikingActor
+from ..control.handover import SupervisedPolicy
+from ..control.pid import PIDController, load_pid_gains
+from ..networks.spiking_numpy import NumpySpikingActor
+from ..sim.drone import load_drone
+from ..sim.fleet import StampedPilot, controlled_drones
 from . import qos
 from .conversions import motor_command_msg, odometry_arrays, pose_target, stamp_ns
 from .node_main import run

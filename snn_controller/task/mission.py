@@ -22,10 +22,11 @@ from typing import Literal
 import numpy as np
 import torch
 
-from . import task as T
-from .config import ConfigError, build, load_yaml, package_root
-from .engines.batched import GROUND_CLEARANCE
-from .supervisor import CrashLimits, crash_reasons, idles_on_ground
+from ..config import ConfigError, build, load_yaml, package_root
+from ..sim.batched_engine import GROUND_CLEARANCE
+from ..sim.supervisor import CrashLimits, crash_reasons, idles_on_ground
+from . import spec as T
+
 
 @dataclass(frozen=True)
 class Segment:

@@ -42,16 +42,15 @@ from typing import Literal
 import numpy as np
 import torch
 
-from . import task as T
-from .config import ConfigError, build, load_yaml, to_dict
-from .envs import FlightEnv, evaluate
-from .evaluation import TorchActorRunner, flight_policy, make_guide, pid_gains
-from .model_file import (ACTION_LAYOUT, OBS_LAYOUT, PRIVILEGED_OBS_LAYOUT, code_version, save_model,
-                         write_atomically)
-from .networks import Critic, MLPActor
-from .replay_buffer import SequenceBuffer
+from ..config import ConfigError, build, load_yaml, to_dict
+from ..control.controllers import TorchActorRunner, flight_policy, make_guide, pid_gains
+from ..io.model_file import ACTION_LAYOUT, OBS_LAYOUT, PRIVILEGED_OBS_LAYOUT, code_version, save_model, write_atomically
+from ..networks.mlp import Critic, MLPActor
+from ..networks.spiking import ActorArchitecture, SpikingActor, actor_tensors
+from ..task import spec as T
+from ..task.envs import FlightEnv, evaluate
+from .buffer import SequenceBuffer
 from .schedules import SlopeSchedule, SlopeScheduler, bc_weight, curriculum_stage, guide_steps
-from .snn import ActorArchitecture, SpikingActor, actor_tensors
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ import pybullet
 import torch
 from pybullet_utils.bullet_client import BulletClient
 
-from ..drone import DroneModel
-from ..state import DroneState
+from .drone import DroneModel
+from .state import DroneState
 
 
 @contextlib.contextmanager

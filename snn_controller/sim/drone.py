@@ -3,7 +3,7 @@
 Both engines, the task and the PID controller consume :class:`DroneModel`, so the
 airframe constants live in exactly one place (config/drones/<name>.yaml).
 
-Conventions (task.md, gym-pybullet-drones CF2X, Crazyflie M1..M4):
+Conventions (docs/task.md, gym-pybullet-drones CF2X, Crazyflie M1..M4):
 world frame z-up; body frame x forward, z along the thrust; rotor ``i`` at
 ``rotor_positions[i]`` in the body frame; normalised rotor speed ``w`` in [0, 1];
 rotor thrust ``T_i = c0 + c1 w + c2 w^2`` [N] along body +z; yaw reaction torque
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from .config import ConfigError, build, load_yaml, package_root
+from ..config import ConfigError, build, load_yaml, package_root
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,12 @@
 """Physics engines behind one small interface: ``reset(state)``, ``step(actions)``, ``state``, ``time``, ``close()``.
 
-- :class:`~snn_controller.engines.batched.BatchedEngine`: N drones in torch tensors, RK4 (training engine).
-- :class:`~snn_controller.engines.pybullet_engine.PybulletEngine`: the reference engine, DIRECT or GUI.
+- :class:`~snn_controller.sim.batched_engine.BatchedEngine`: N drones in torch tensors, RK4 (training engine).
+- :class:`~snn_controller.sim.pybullet_engine.PybulletEngine`: the reference engine, DIRECT or GUI.
 
 Actions are motor commands in [-1, 1]; the rotor speed command is w_cmd = (a + 1) / 2 (no mixer).
 """
 
-from .batched import BatchedEngine
+from .batched_engine import BatchedEngine
 
 
 def make_engine(kind: str, model, n: int, dt: float = 0.01, **kwargs):

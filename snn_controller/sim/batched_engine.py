@@ -1,6 +1,6 @@
 """Batched rigid-body quadrotor model in torch: thousands of drones stepped at once.
 
-Equations of motion (world frame z-up, body rates in the body frame, task.md):
+Equations of motion (world frame z-up, body rates in the body frame, docs/task.md):
 
     T_i   = c0 + c1 w_i + c2 w_i^2                       rotor thrust [N]
     p'    = v
@@ -25,9 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..drone import DroneModel
-from ..state import DroneState, quaternion_to_matrix
-
+from .drone import DroneModel
+from .state import DroneState, quaternion_to_matrix
 
 GROUND_CLEARANCE = 0.01  # m: body centre above the ground at rest (half the collision cylinder's height)
 

@@ -20,7 +20,7 @@ FORMAT = "snn_controller.model/1"
 # The layouts a model must have been trained with to be flown by this code.
 OBS_LAYOUT = ["position_error:3", "rotation_matrix:9", "velocity_world:3", "angular_velocity_body:3"]
 PRIVILEGED_OBS_LAYOUT = OBS_LAYOUT + ["last_actions:32x4"]
-ACTION_LAYOUT = "motor commands in [-1, 1], rotor speed command (a + 1) / 2, motor order 0..3 of task.md"
+ACTION_LAYOUT = "motor commands in [-1, 1], rotor speed command (a + 1) / 2, motor order 0..3 of docs/task.md"
 
 
 class ModelFileError(ValueError):
@@ -28,7 +28,7 @@ class ModelFileError(ValueError):
 
 
 def code_version() -> str:
-    from . import __version__
+    from .. import __version__
 
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,

@@ -1,7 +1,7 @@
 """Policies that fly the task: the warm-up handover (guide first, then the network).
 
 Everything here is numpy, for the deployment path and the ROS nodes; :class:`EnvPolicy`
-adapts any of them to :class:`~snn_controller.envs.FlightEnv` (torch observations).
+adapts any of them to :class:`~snn_controller.task.envs.FlightEnv` (torch observations).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class SupervisedPolicy:
     resets the network and the guide of that drone: the guide flies the next ``warmup_steps`` while
     the network warms up again from zero state, then the network takes over.
 
-    ``envelope`` [m]: the network was trained within +-0.6 m of its target (task.md), so while
+    ``envelope`` [m]: the network was trained within +-0.6 m of its target (docs/task.md), so while
     any position-error component is larger (a take-off, a far goal) the guide flies and the
     network is held at zero state; it takes over after ``warmup_steps`` inside the envelope.
     """

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, package_root
+from ..config import ConfigError, package_root
 
 PACKAGE = "snn_controller"
 _SUBST = re.compile(r"\$\((\S+)((?:\s+[^)]*)?)\)")
@@ -207,7 +207,7 @@ def _substitute(text: str, values: dict, where: str) -> str:
 
 # --- running ---------------------------------------------------------------------------------
 def node_command(spec: NodeSpec) -> list[str]:
-    from .ros import NODES  # the table of installed node executables
+    from . import NODES  # the table of installed node executables
 
     if spec.executable not in NODES:
         raise ConfigError(f"unknown node executable '{spec.executable}'; known: {sorted(NODES)}")

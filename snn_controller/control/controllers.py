@@ -1,5 +1,5 @@
 """Evaluating controllers the paper's way: N test episodes at a named curriculum stage, the guide
-flying the first ``warmup_steps`` steps, then the network (method.md section 5).
+flying the first ``warmup_steps`` steps, then the network (docs/method.md section 5).
 
 A guide is named by a string: ``"pid"`` (the PID with config/controllers/pid.yaml), a PID gains
 file (``.yaml``, e.g. config/controllers/pid_weak.yaml), or a guide ANN model file.
@@ -13,14 +13,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import task as T
-from .drone import load_drone
-from .envs import evaluate
-from .model_file import load_model
-from .networks import MLPActor
+from ..io.model_file import load_model
+from ..networks.mlp import MLPActor
+from ..networks.spiking_numpy import NumpySpikingActor
+from ..sim.drone import load_drone
+from ..task import spec as T
+from ..task.envs import evaluate
+from .handover import EnvPolicy, GuidedPolicy, GuideOnly, SupervisedPolicy
 from .pid import PIDController, PIDGains, PIDPolicy, load_pid_gains
-from .policy import EnvPolicy, GuidedPolicy, GuideOnly, SupervisedPolicy
-from .snn_numpy import NumpySpikingActor
 
 
 class TorchActorRunner:
@@ -107,7 +107,7 @@ def flight_policy(network, task: T.TaskConfig, episodes: int, privileged: bool, 
 
 def load_mlp(path, drone: str | None = None) -> MLPActor:
     """An MLP model file (ANN actor or guide) as a torch network."""
-    from .model_file import ModelFileError
+    from ..io.model_file import ModelFileError
 
     tensors, manifest = load_model(path, drone=drone)
     arch = manifest["architecture"]

@@ -1,6 +1,6 @@
 """Spiking actor: leaky integrate-and-fire layers trained with a schedulable surrogate gradient.
 
-The paper's LIF neuron (method.md section 2), first order, soft reset by subtraction with a
+The paper's LIF neuron (docs/method.md section 2), first order, soft reset by subtraction with a
 one-step delay:
 
     U[t] = beta * U[t-1] + W x[t] + b - S[t-1] * theta      (reset term detached)
@@ -160,7 +160,7 @@ def actor_tensors(actor: nn.Module) -> dict:
 
 
 def save_actor(actor: SpikingActor, path, drone: str, dt: float, provenance: dict) -> None:
-    from .model_file import ACTION_LAYOUT, OBS_LAYOUT, save_model
+    from ..io.model_file import ACTION_LAYOUT, OBS_LAYOUT, save_model
 
     arch = {"type": "lif_actor", "obs_dim": actor.arch.obs_dim, "hidden": list(actor.arch.hidden),
             "action_dim": actor.arch.action_dim, "neuron": "LIF, soft reset by subtraction, one-step delay",
@@ -171,7 +171,7 @@ def save_actor(actor: SpikingActor, path, drone: str, dt: float, provenance: dic
 
 
 def load_actor(path, drone: str | None = None, dtype=torch.float32) -> tuple[SpikingActor, dict]:
-    from .model_file import ModelFileError, load_model
+    from ..io.model_file import ModelFileError, load_model
 
     tensors, manifest = load_model(path, drone=drone)
     arch = manifest["architecture"]

@@ -16,10 +16,10 @@ import gymnasium
 import numpy as np
 import torch
 
-from . import task as T
-from .drone import load_drone
-from .engines import make_engine
-from .state import DroneState
+from ..sim.drone import load_drone
+from ..sim.engines import make_engine
+from ..sim.state import DroneState
+from . import spec as T
 
 
 @dataclass
@@ -260,7 +260,7 @@ class FlightEnv:
 
 
 def summarize(episodes: list[dict]) -> dict:
-    """Aggregate episode statistics: the metrics of task.md section 2."""
+    """Aggregate episode statistics: the metrics of docs/task.md section 2."""
     if not episodes:
         raise ValueError("no finished episodes to summarize")
     ret = np.array([e["return"] for e in episodes])

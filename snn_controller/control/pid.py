@@ -34,10 +34,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import build, load_yaml, package_root
-from .drone import DroneModel
-from .geometry import matrix_to_quat, quat_multiply
-from .policy import EnvPolicy
+from ..config import build, load_yaml, package_root
+from ..sim.drone import DroneModel
+from ..sim.rotations import matrix_to_quat, quat_multiply
+from .handover import EnvPolicy
 
 
 @dataclass(frozen=True)
@@ -283,7 +283,7 @@ def _rotation(angle_axis: np.ndarray) -> np.ndarray:
 
 
 class PIDPolicy(EnvPolicy):
-    """A :class:`PIDController` as a policy of :class:`~snn_controller.envs.FlightEnv`."""
+    """A :class:`PIDController` as a policy of :class:`~snn_controller.task.envs.FlightEnv`."""
 
     def __init__(self, model: DroneModel, n: int, dt: float = 0.01, gains: PIDGains | None = None):
         self.controller = PIDController(model, n, dt, gains)

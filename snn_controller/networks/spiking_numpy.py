@@ -1,6 +1,6 @@
 """Deployment path of the spiking actor in numpy only (imports no torch).
 
-Same equations as :mod:`snn_controller.snn` (see there): per LIF layer
+Same equations as :mod:`snn_controller.networks.spiking` (see there): per LIF layer
 U = beta U + W x + b - S_prev theta; S = (U > theta). The state lives in the object, one
 control step per :meth:`step`; :meth:`reset` zeroes it. This is what the ``snn_policy`` node runs.
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .model_file import load_model
+from ..io.model_file import load_model
 
 
 class NumpySpikingActor:

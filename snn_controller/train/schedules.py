@@ -1,4 +1,4 @@
-"""Schedules as plain functions of training progress (method.md sections 3 and 5), each tested alone.
+"""Schedules as plain functions of training progress (docs/method.md sections 3 and 5), each tested alone.
 
 Progress is a float in [0, 1] (completed share of the training iterations).
 """
@@ -109,7 +109,7 @@ def curriculum_stage(progress: float, stages: int = 6) -> int:
 
 
 def bc_weight(iteration: int, initial: float = 0.2, decay: float = 0.99) -> float:
-    """lambda_BC of the actor loss: initial * decay^iteration (method.md section 5)."""
+    """lambda_BC of the actor loss: initial * decay^iteration (docs/method.md section 5)."""
     return initial * decay**iteration
 
 

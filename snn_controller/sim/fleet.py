@@ -18,7 +18,7 @@ the simulator knows which state each command answers. From that it keeps, per dr
 Also here: command validation and counters, the command watchdog (motors stop when a drone's
 last command was received more than ``command_timeout`` of simulated time ago, as the real
 firmware does), emergency stops, resets, the per-drone outputs (odometry, IMU), and the crash
-supervisor (:mod:`snn_controller.supervisor`): a hard or tilted ground contact, or tipping over, marks a drone
+supervisor (:mod:`snn_controller.sim.supervisor`): a hard or tilted ground contact, or tipping over, marks a drone
 crashed with its motors off until it is reset; a non-finite or runaway state is never output: the
 drone is marked crashed and held at rest on the ground.
 """
@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import ConfigError, build, load_yaml, package_root
+from ..config import ConfigError, build, load_yaml, package_root
 from .drone import DroneModel
-from .geometry import observation, quat_to_matrix, yaw_of
+from .rotations import observation, quat_to_matrix, yaw_of
 from .supervisor import CrashLimits, crash_reasons, idles_on_ground
 
 # The engine (pybullet) and the state (torch) are imported where the simulator needs them: the
@@ -129,7 +129,7 @@ class FleetSimulator:
         self.robots = robots
         self.index = {name: i for i, name in enumerate(self.names)}
         n = len(self.names)
-        from .engines.pybullet_engine import PybulletEngine
+        from .pybullet_engine import PybulletEngine
 
         self.engine = PybulletEngine(model, n, dt=self.dt, ground=True, collide_drones=True, **engine_options)
         self.counters = {name: DroneCounters() for name in self.names}
@@ -195,7 +195,7 @@ class FleetSimulator:
         return self.index[name]
 
     def submit(self, name: str, values, stamp: int | None = None) -> str:
-        """Take a motor command (4 values in [-1, 1], motor order of task.md) answering the state
+        """Take a motor command (4 values in [-1, 1], motor order of docs/task.md) answering the state
         of step ``stamp`` (None: the current step).
 
         Returns ``"ok"``, ``"clamped"`` (out-of-range values were clipped), ``"stale: <why>"``
@@ -358,7 +358,7 @@ class StampedPilot:
     the simulator's subscription matched). An older stamp means the simulation was reset (time
     went back): the controller is reset and the state answered. Until a goal arrives the pilot
     holds ``takeoff_height`` above the first finite position, which it takes for the ground: while
-    the drone and its goal are both on the ground (:func:`~snn_controller.supervisor.idles_on_ground`)
+    the drone and its goal are both on the ground (:func:`~snn_controller.sim.supervisor.idles_on_ground`)
     the motors stay off, and the controller is reset for the next take-off.
     """
 

@@ -1,4 +1,4 @@
-"""The paper's flight task (task.md section 2): observations, reward, curriculum, starts, targets.
+"""The paper's flight task (docs/task.md section 2): observations, reward, curriculum, starts, targets.
 
 Pure functions on batched torch tensors, independent of the engine that produced the state.
 Shapes: N drones; ``obs`` (N, 18) = position error p - p_target (3), rotation matrix row-major (9),
@@ -14,8 +14,8 @@ from typing import Literal
 
 import torch
 
-from .config import ConfigError, build, load_yaml
-from .state import DroneState, quaternion_to_matrix
+from ..config import ConfigError, build, load_yaml
+from ..sim.state import DroneState, quaternion_to_matrix
 
 OBS_DIM = 18
 HISTORY = 32
@@ -172,7 +172,7 @@ class TargetConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """The hover / tracking task of task.md section 2. Defaults are the paper's."""
+    """The hover / tracking task of docs/task.md section 2. Defaults are the paper's."""
 
     drone: str = "cf21"  # drone model name or path
     dt: float = 0.01  # s, control period (100 Hz)
@@ -184,7 +184,7 @@ class TaskConfig:
     attitude_error: Literal["angle", "yaw"] = "angle"  # angle: squared rotation angle to level, yaw 0;
     # yaw: the authors' code, 2 acos(1 - q_z^2)
     # a_hover, the centre of the action penalty and of the initial action history. None: the drone's
-    # own hover command (cf21: 0.320 from its thrust curve). task.md rounds it to 2*0.667-1 = 0.334; that
+    # own hover command (cf21: 0.320 from its thrust curve). docs/task.md rounds it to 2*0.667-1 = 0.334; that
     # constant pulls every action above hover; seed 0's final policy hovered 9.2 cm high with it (README).
     hover_action: float | None = None
     termination_distance: float = 0.6  # m, crash when any |position error component| exceeds it
@@ -260,7 +260,7 @@ def attitude_error(quaternion: torch.Tensor, kind: str) -> torch.Tensor:
 
 def reward(state: DroneState, action: torch.Tensor, target_position: torch.Tensor, target_velocity: torch.Tensor,
            weights: RewardWeights, attitude: str, hover_action: float) -> torch.Tensor:
-    """Per-step reward (N,) of task.md section 2 from the true state."""
+    """Per-step reward (N,) of docs/task.md section 2 from the true state."""
     p_err = state.position - target_position
     v_err = state.velocity - target_velocity
     return (weights.survive
