@@ -61,14 +61,15 @@ def _latency(fn, repeats: int) -> dict:
 def bench_policy(model_path=None, repeats: int = 5000) -> dict:
     """Single-step latency of the paper's network (18 -> 256 -> 128 -> 4), batch 1: the numpy
     deployment path, the torch path, and snnTorch's equivalent network when it is installed."""
-    from .networks.spiking import SpikingActor, actor_tensors
+    from .networks.files import actor_tensors
+    from .networks.spiking import SpikingActor
     from .networks.spiking_numpy import NumpySpikingActor
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     actor = SpikingActor()
     if model_path:
-        from .networks.spiking import load_actor
+        from .networks.files import load_actor
 
         actor, _ = load_actor(model_path)
     manifest = {"architecture": {"type": "lif_actor", "obs_dim": 18, "hidden": list(actor.arch.hidden),
@@ -125,20 +126,21 @@ def bench_train(num_drones: int = 64, updates: int = 10, batch_size: int = 32) -
     guide for half of each episode) in the loop, and sequence updates per second."""
     import tempfile
 
-    from .train.td3 import TD3Trainer, quick_config
+    from .train.config import quick_config
+    from .train.run import Trainer
 
     config = quick_config(num_drones=num_drones, batch_size=batch_size, threads=1)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = TD3Trainer(config, tmp)
+        trainer = Trainer(config, tmp)
         start = time.perf_counter()
         trainer.collect(guide_steps_now=250, stage=0, seed=0)
         rollout_s = time.perf_counter() - start
-        steps = num_drones * trainer.task.episode_steps
+        steps = num_drones * config.task.episode_steps
         rng = np.random.default_rng(0)
-        trainer.update(rng, 0.2)  # warm-up
+        trainer.td3.update(trainer.buffer.sample(batch_size, rng), 0.2)  # warm-up
         start = time.perf_counter()
         for _ in range(updates):
-            trainer.update(rng, 0.2)
+            trainer.td3.update(trainer.buffer.sample(batch_size, rng), 0.2)
         update_s = (time.perf_counter() - start) / updates
     return {"num_drones": num_drones, "rollout_env_steps_per_s": steps / rollout_s,
             "updates_per_s": 1 / update_s, "batch_windows": batch_size, "window": config.window,

@@ -347,7 +347,8 @@ def cmd_latency(args) -> int:
 def cmd_train(args) -> int:
     from dataclasses import replace
 
-    from .train.td3 import load_train_config, train
+    from .train.config import load_train_config
+    from .train.run import train
 
     config = load_train_config(args.config)
     if args.seed is not None:

@@ -143,12 +143,10 @@ def test_eval_compares_two_controllers_start_by_start(capsys):
 
 def test_eval_of_an_ann_model(capsys, tmp_path):
     from snn_controller.io.model_file import save_model
+    from snn_controller.networks.files import actor_manifest, actor_tensors
     from snn_controller.networks.mlp import MLPActor
-    from snn_controller.networks.spiking import actor_tensors
-    from snn_controller.train.td3 import actor_manifest, quick_config
 
-    config = quick_config(actor="ann", actor_hidden=(16, 8))
-    tensors, manifest = actor_manifest(MLPActor(18, (16, 8)), config, {"method": "test"})
+    tensors, manifest = actor_manifest(MLPActor(18, (16, 8)), "cf21", 0.01, {"method": "test"})
     save_model(tmp_path / "ann.safetensors", tensors, manifest)
     assert set(tensors) == set(actor_tensors(MLPActor(18, (16, 8))))
     code, r = run_json(capsys, "eval", str(tmp_path / "ann.safetensors"), "--episodes", "4")

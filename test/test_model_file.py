@@ -8,7 +8,8 @@ import torch
 from safetensors.numpy import save_file
 
 from snn_controller.io.model_file import ModelFileError, load_model, save_model
-from snn_controller.networks.spiking import ActorArchitecture, SpikingActor, actor_tensors, load_actor, save_actor
+from snn_controller.networks.files import actor_tensors, load_actor, save_actor
+from snn_controller.networks.spiking import ActorArchitecture, SpikingActor
 
 ARCH = ActorArchitecture(hidden=(16, 8))
 

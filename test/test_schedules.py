@@ -77,7 +77,7 @@ def test_curriculum_stages_and_bc_decay():
 
 
 def test_milestones_from_the_history():
-    from snn_controller.train.td3 import milestones
+    from snn_controller.train.run import milestones
 
     history = [{"iteration": 1, "seconds": 5.0, "env_steps": 100},
                {"iteration": 2, "seconds": 9.0, "env_steps": 200, "eval_return": 150.0},

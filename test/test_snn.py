@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from snn_controller.networks.spiking import ActorArchitecture, LIFLayer, SpikingActor, actor_tensors, spike
+from snn_controller.networks.files import actor_tensors
+from snn_controller.networks.spiking import ActorArchitecture, LIFLayer, SpikingActor, spike
 from snn_controller.networks.spiking_numpy import NumpySpikingActor
 
 torch.set_num_threads(1)

@@ -13,8 +13,11 @@ import pytest
 import torch
 
 from snn_controller.config import ConfigError
+from snn_controller.task import spec as T
 from snn_controller.train.buffer import SequenceBuffer
-from snn_controller.train.td3 import TD3Trainer, TrainConfig, load_train_config, n_step_targets, quick_config, train
+from snn_controller.train.algorithm import n_step_targets
+from snn_controller.train.config import TrainConfig, load_train_config, quick_config
+from snn_controller.train.run import Trainer, train
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +92,7 @@ def test_buffer_loads_checkpoints_from_before_masked_windows():
 @pytest.fixture
 def trainer(tmp_path):
     config = quick_config(**TINY)
-    return TD3Trainer(config, tmp_path)
+    return Trainer(config, tmp_path)
 
 
 def _batch(trainer, length=None):
@@ -105,59 +108,59 @@ def _batch(trainer, length=None):
 
 def test_actor_loss_ignores_the_warmup_and_uses_the_actors_actions(trainer):
     batch = _batch(trainer)
-    trainer.config = replace(trainer.config, q_weight=0.0)
+    trainer.td3.config = replace(trainer.td3.config, q_weight=0.0)
     with torch.no_grad():
         own = trainer.actor.unroll(batch["obs"])[0]
     batch["action"] = own.clone()
     batch["action"][:50] = 5.0  # garbage during the warm-up must not matter
-    loss, _ = trainer.actor_loss(batch, lambda_bc=1.0)
+    loss, _ = trainer.td3.actor_loss(batch, lambda_bc=1.0)
     assert loss.item() == pytest.approx(0.0, abs=1e-10)
     batch["action"][60] += 0.5
-    assert trainer.actor_loss(batch, lambda_bc=1.0)[0].item() > 0
+    assert trainer.td3.actor_loss(batch, lambda_bc=1.0)[0].item() > 0
 
 
 def test_q_term_is_at_the_actors_actions_and_reaches_the_actor(trainer):
-    trainer.config = replace(trainer.config, bc_weight=0.0)
+    trainer.td3.config = replace(trainer.td3.config, bc_weight=0.0)
     batch = _batch(trainer)
-    loss, _ = trainer.actor_loss(batch, lambda_bc=0.0)
+    loss, _ = trainer.td3.actor_loss(batch, lambda_bc=0.0)
     trainer.actor.zero_grad()
     loss.backward()
     grads = [p.grad for p in trainer.actor.parameters()]
     assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
     other = dict(batch, action=-batch["action"])  # the buffer action must not enter the Q term
-    assert trainer.actor_loss(other, lambda_bc=0.0)[0].item() == pytest.approx(loss.item())
+    assert trainer.td3.actor_loss(other, lambda_bc=0.0)[0].item() == pytest.approx(loss.item())
 
 
 def test_losses_ignore_the_masked_steps_after_a_crash(trainer):
     batch = _batch(trainer)
     batch["mask"][70:, 0] = 0.0  # window 0: the episode crashed at step 69
     batch["terminated"][69, 0] = 1.0
-    trainer.config = replace(trainer.config, bc_target="executed")
-    actor_loss = trainer.actor_loss(batch, lambda_bc=1.0)[0].item()
+    trainer.td3.config = replace(trainer.td3.config, bc_target="executed")
+    actor_loss = trainer.td3.actor_loss(batch, lambda_bc=1.0)[0].item()
     other = {k: v.clone() for k, v in batch.items()}
     for key in ("action", "reward", "critic_obs", "next_critic_obs", "obs"):
         other[key][70:, 0] = 1e3  # the next episode's data in the padding
     torch.manual_seed(0)
-    a = trainer.critic_loss(batch).item()
+    a = trainer.td3.critic_loss(batch).item()
     torch.manual_seed(0)
-    b = trainer.critic_loss(other).item()
+    b = trainer.td3.critic_loss(other).item()
     assert a == pytest.approx(b, rel=1e-6)
-    assert trainer.actor_loss(other, lambda_bc=1.0)[0].item() == pytest.approx(actor_loss, rel=1e-6)
+    assert trainer.td3.actor_loss(other, lambda_bc=1.0)[0].item() == pytest.approx(actor_loss, rel=1e-6)
     other["action"][60, 0] += 0.5  # a step before the crash still counts
-    assert trainer.actor_loss(other, lambda_bc=1.0)[0].item() != pytest.approx(actor_loss, rel=1e-6)
+    assert trainer.td3.actor_loss(other, lambda_bc=1.0)[0].item() != pytest.approx(actor_loss, rel=1e-6)
 
 
 def test_target_networks_move_by_tau(trainer):
-    tau = trainer.config.tau
-    before = [p.clone() for p in trainer.critics_target.parameters()]
-    actor_before = [p.clone() for p in trainer.actor_target.parameters()]
+    tau = trainer.td3.config.tau
+    before = [p.clone() for p in trainer.td3.critics_target.parameters()]
+    actor_before = [p.clone() for p in trainer.td3.actor_target.parameters()]
     with torch.no_grad():
-        for p in list(trainer.critics.parameters()) + list(trainer.actor.parameters()):
+        for p in list(trainer.td3.critics.parameters()) + list(trainer.actor.parameters()):
             p.add_(1.0)
-    trainer.soft_update()
-    for b, p, t in zip(before, trainer.critics.parameters(), trainer.critics_target.parameters()):
+    trainer.td3.soft_update()
+    for b, p, t in zip(before, trainer.td3.critics.parameters(), trainer.td3.critics_target.parameters()):
         assert torch.allclose(t, (1 - tau) * b + tau * p, atol=1e-7)
-    for b, p, t in zip(actor_before, trainer.actor.parameters(), trainer.actor_target.parameters()):
+    for b, p, t in zip(actor_before, trainer.actor.parameters(), trainer.td3.actor_target.parameters()):
         assert torch.allclose(t, (1 - tau) * b + tau * p, atol=1e-7)
 
 
@@ -165,16 +168,16 @@ def test_critic_target_uses_the_next_step_of_the_target_actor(trainer):
     batch = _batch(trainer, length=60)
     batch["terminated"][:] = 1.0  # terminal everywhere: y = r exactly, whatever the target actor says
     expected = sum(((q(batch["critic_obs"], batch["action"]) - batch["reward"]) ** 2).mean()
-                   for q in trainer.critics)
+                   for q in trainer.td3.critics)
     for n_step in (1, 3):
-        trainer.config = replace(trainer.config, critic_after_warmup=False, n_step=n_step)  # every step
-        assert trainer.critic_loss(batch).item() == pytest.approx(expected.item(), rel=1e-6)
+        trainer.td3.config = replace(trainer.td3.config, critic_after_warmup=False, n_step=n_step)  # every step
+        assert trainer.td3.critic_loss(batch).item() == pytest.approx(expected.item(), rel=1e-6)
     batch["terminated"][:] = 0.0  # now the targets differ: n_step reaches critic_loss
     losses = []
     for n_step in (1, 3):
-        trainer.config = replace(trainer.config, n_step=n_step)
+        trainer.td3.config = replace(trainer.td3.config, n_step=n_step)
         torch.manual_seed(0)
-        losses.append(trainer.critic_loss(batch).item())
+        losses.append(trainer.td3.critic_loss(batch).item())
     assert losses[0] != pytest.approx(losses[1], rel=1e-3)
 
 
@@ -194,7 +197,10 @@ def test_config_validation(tmp_path):
     for text, error in (("name: x\nlearning_rate: 0.1\n", r"unknown key\(s\) \['learning_rate'\]"),
                         ("q_weight: 0.0\nbc_weight: 0.0\n", "learn nothing"),
                         ("slope: {kind: steep}\n", "slope: kind"),
-                        ("guide: none\njump_start: false\nbc_target: guide\n", "bc_target: guide needs a guide"),
+                        ("guide: none\n", "method td3bc_jsrl: jump_start needs a guide"),
+                        ("method: bc\nguide: none\n", "method bc: learns from guide rollouts"),
+                        ("jump_start: false\n", "'jump_start' is now method"),
+                        ("starts: moderate\n", r"'starts' is now task: \{start"),
                         ("bc_target: labels\n", "bc_target: 'labels' is not one of"),
                         ("select_starts: everywhere\n", "select_starts must be one of"),
                         ("n_step: 0\n", "n_step must be >= 1")):
@@ -293,9 +299,9 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
 def test_a_tiny_training_run_improves_a_fresh_network(tmp_path):
     """Easy setting: moderate starts, the method's config at a tiny budget (the BC term dominates early)."""
     config = quick_config(num_drones=32, iterations=3, updates_per_iteration=60, batch_size=16, eval_every=3,
-                          eval_episodes=16, starts="moderate", eval_starts="moderate", checkpoint_every=3,
+                          eval_episodes=16, task=T.TaskConfig(start="moderate"), eval_starts="moderate", checkpoint_every=3,
                           buffer_steps=100_000)
-    trainer = TD3Trainer(config, tmp_path)
+    trainer = Trainer(config, tmp_path)
     before = trainer.evaluate(episodes=32, starts="moderate")
     trainer.run(progress_bar=False)
     after = trainer.evaluate(episodes=32, starts="moderate")
@@ -306,21 +312,21 @@ def test_a_tiny_training_run_improves_a_fresh_network(tmp_path):
 def test_no_window_past_the_warmup_means_no_update_not_a_crash(tmp_path):
     """TD3 from scratch crashes early: while no episode outlasts the warm-up there is nothing to learn
     on (the paper's warm-up problem), and the run goes on without updates instead of failing."""
-    config = quick_config(**{**TINY, "iterations": 1, "guide": "none", "jump_start": False, "bc_weight": 0.0,
+    config = quick_config(**{**TINY, "iterations": 1, "method": "td3",
                              "eval_every": 1, "window": 450, "warmup_steps": 449})
-    trainer = TD3Trainer(config, tmp_path)
+    trainer = Trainer(config, tmp_path)
     row = trainer.run_iteration()  # a fresh network flies no episode for 450 steps
-    assert row["windows"] == 0 and trainer.updates == 0 and "critic_loss" not in row
+    assert row["windows"] == 0 and trainer.td3.updates == 0 and "critic_loss" not in row
     assert "eval_return" in row
 
 
 def test_critic_after_warmup_skips_the_cold_steps(trainer):
     batch = _batch(trainer, length=60)
     batch["terminated"][:] = 1.0  # y = r
-    trainer.config = replace(trainer.config, critic_after_warmup=True, warmup_steps=50)
-    loss = trainer.critic_loss(batch)
+    trainer.td3.config = replace(trainer.td3.config, critic_after_warmup=True, warmup_steps=50)
+    loss = trainer.td3.critic_loss(batch)
     expected = sum(((q(batch["critic_obs"][50:], batch["action"][50:]) - batch["reward"][50:]) ** 2).mean()
-                   for q in trainer.critics)
+                   for q in trainer.td3.critics)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
@@ -348,14 +354,14 @@ def _record_flight(trainer, guide_net=None):
 def test_a_trained_guide_ann_file_flies_the_jump_start(tmp_path):
     """The guide ANN (privileged, feed-forward, warm-up 0) trains with the same code, and its model
     file then flies the first G steps of the method's rollouts."""
-    from snn_controller.control.controllers import load_mlp
+    from snn_controller.networks.files import load_actor
 
     guide_config = quick_config(**{**TINY, "iterations": 2, "eval_every": 2, "actor": "ann", "actor_hidden": (16, 16),
                                    "privileged_actor": True, "warmup_steps": 0})
-    TD3Trainer(guide_config, tmp_path / "guide").run(progress_bar=False)
+    Trainer(guide_config, tmp_path / "guide").run(progress_bar=False)
     guide_file = tmp_path / "guide" / "best.safetensors"
-    trainer = TD3Trainer(quick_config(**{**TINY, "guide": str(guide_file)}), tmp_path / "snn")
-    expected, executed = _record_flight(trainer, guide_net=load_mlp(guide_file))
+    trainer = Trainer(quick_config(**{**TINY, "guide": str(guide_file)}), tmp_path / "snn")
+    expected, executed = _record_flight(trainer, guide_net=load_actor(guide_file)[0])
     trainer.collect(guide_steps_now=500, stage=0, seed=0)  # G = 500: the guide flies everything
     assert len(executed) == 500
     assert all(torch.allclose(a, e.to(a.dtype), atol=1e-6) for a, e in zip(executed, expected))
@@ -365,7 +371,7 @@ def test_a_trained_guide_ann_file_flies_the_jump_start(tmp_path):
     from snn_controller.task.envs import FlightEnv
     from snn_controller.control.controllers import TorchActorRunner, flight_policy
 
-    n, guide_net, actor = 4, load_mlp(guide_file), TorchActorRunner(trainer.actor, 4)
+    n, guide_net, actor = 4, load_actor(guide_file)[0], TorchActorRunner(trainer.actor, 4)
     policy = flight_policy(TorchActorRunner(trainer.actor, n), T.TaskConfig(), n, False, 50, str(guide_file))
     env = FlightEnv(T.TaskConfig(), n, seed=0, autoreset=False, dtype=torch.float32)
     obs, _ = env.reset()
@@ -395,21 +401,21 @@ def test_both_handover_paths_evaluate_the_same_flight(trainer):
 
 
 def test_a_pid_gains_file_guides_training_and_its_evaluations(tmp_path, monkeypatch):
-    import snn_controller.train.td3 as td3
+    import snn_controller.train.run as run
     from snn_controller.control.pid import load_pid_gains
 
     weak = "config/controllers/pid_weak.yaml"
-    trainer = TD3Trainer(quick_config(**{**TINY, "guide": weak}), tmp_path / "weak")
+    trainer = Trainer(quick_config(**{**TINY, "guide": weak}), tmp_path / "weak")
     assert trainer.guide.controller.gains == load_pid_gains(weak) != load_pid_gains()
     # the run's evaluations hand over from the same PID
     policies = []
-    original = td3.flight_policy
-    monkeypatch.setattr(td3, "flight_policy", lambda *a: policies.append(original(*a)) or policies[-1])
+    original = run.flight_policy
+    monkeypatch.setattr(run, "flight_policy", lambda *a: policies.append(original(*a)) or policies[-1])
     trainer.evaluate(episodes=2)
     assert policies[0].policy.guide.gains == load_pid_gains(weak)
     (tmp_path / "gains.yaml").write_text("kp_xy: 1.0\n")  # the other gains missing
     with pytest.raises(ConfigError, match="gains.yaml: missing key"):
-        TD3Trainer(quick_config(**{**TINY, "guide": str(tmp_path / "gains.yaml")}), tmp_path / "bad")
+        Trainer(quick_config(**{**TINY, "guide": str(tmp_path / "gains.yaml")}), tmp_path / "bad")
 
 
 def test_guide_demonstrations_fly_whole_episodes(trainer):
@@ -425,7 +431,7 @@ def test_guide_demonstrations_fly_whole_episodes(trainer):
 def test_bc_target_guide_labels_every_step_and_the_bc_term_uses_the_labels(tmp_path):
     """bc_target: guide: the guide answers on the actor's drones too (its action is stored, not
     flown) and the BC term pulls towards that label instead of the executed action."""
-    trainer = TD3Trainer(quick_config(**TINY, guide_demo_share=0.0, bc_target="guide"), tmp_path)
+    trainer = Trainer(quick_config(**TINY, guide_demo_share=0.0, bc_target="guide"), tmp_path)
     answered, executed = _record_flight(trainer)
     trainer.collect(guide_steps_now=10, stage=0, seed=0)
     flown, guide = torch.stack(executed), torch.stack(answered).to(executed[0].dtype)
@@ -437,14 +443,14 @@ def test_bc_target_guide_labels_every_step_and_the_bc_term_uses_the_labels(tmp_p
     assert np.array_equal(trainer.buffer.data["action"][:8].transpose(1, 0, 2), flown.numpy())
 
     batch = _batch(trainer)
-    trainer.config = replace(trainer.config, q_weight=0.0)
+    trainer.td3.config = replace(trainer.td3.config, q_weight=0.0)
     with torch.no_grad():
         own = trainer.actor.unroll(batch["obs"])[0]
     batch["guide_action"] = own.clone()
     batch["action"] = -own  # the executed action no longer enters the BC term
-    assert trainer.actor_loss(batch, lambda_bc=1.0)[0].item() == pytest.approx(0.0, abs=1e-10)
+    assert trainer.td3.actor_loss(batch, lambda_bc=1.0)[0].item() == pytest.approx(0.0, abs=1e-10)
     batch["guide_action"][70] += 0.5
-    assert trainer.actor_loss(batch, lambda_bc=1.0)[0].item() > 0
+    assert trainer.td3.actor_loss(batch, lambda_bc=1.0)[0].item() > 0
 
 
 def test_best_checkpoint_is_picked_on_the_select_starts(tmp_path):
@@ -454,7 +460,7 @@ def test_best_checkpoint_is_picked_on_the_select_starts(tmp_path):
 
     config = quick_config(**{**TINY, "iterations": 2, "eval_every": 1, "checkpoint_every": 2,
                              "eval_starts": "moderate", "select_starts": "paper"})
-    trainer = TD3Trainer(config, tmp_path)
+    trainer = Trainer(config, tmp_path)
     seen = []
     real = trainer.evaluate
     trainer.evaluate = lambda **kw: seen.append(kw) or real(**kw)
@@ -473,11 +479,64 @@ def test_a_guide_that_knows_the_delay_is_told_each_episodes_delay(tmp_path):
     also of the episodes that start after a crash."""
     from snn_controller.task.spec import Latency
 
-    config = quick_config(**{**TINY, "latency": Latency(action_delay=(0, 4)), "guide_knows_delay": True})
-    trainer = TD3Trainer(config, tmp_path)
+    config = quick_config(**{**TINY, "task": T.TaskConfig(latency=Latency(action_delay=(0, 4))), "guide_knows_delay": True})
+    trainer = Trainer(config, tmp_path)
     trainer.collect(guide_steps_now=100, stage=0, seed=3)
     delays = trainer.env.action_delay.numpy()
     assert len(set(delays.tolist())) > 1  # the drones fly different delays
     np.testing.assert_array_equal(trainer.guide.controller.delay_steps, delays)
     with pytest.raises(ConfigError, match="guide_knows_delay needs a PID guide"):
         quick_config(guide="models/guide_cf21.safetensors", guide_knows_delay=True)
+
+
+def test_the_baselines_are_the_method_with_only_their_own_keys_changed():
+    """Same harness, same budget, enforced: a baseline names the method's file as its base and the
+    resolved configs differ in nothing else than what makes it another method."""
+    import yaml
+
+    method = load_train_config(ROOT / "config" / "train" / "td3bc_jsrl.yaml")
+    for name in ("baseline_bc", "baseline_td3bc", "baseline_td3", "ann_actor"):
+        path = ROOT / "config" / "train" / f"{name}.yaml"
+        own = yaml.safe_load(path.read_text())
+        assert own.pop("base") == "td3bc_jsrl.yaml", path
+        resolved = load_train_config(path)
+        assert resolved == replace(method, **own), path
+    assert load_train_config(ROOT / "config" / "train" / "baseline_td3.yaml").rollout_guide == "none"
+    assert not load_train_config(ROOT / "config" / "train" / "baseline_bc.yaml").online
+
+
+def test_base_files_are_checked_and_their_errors_name_them(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\nwindow: 10\n")  # window <= warmup_steps
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nname: child\n")
+    with pytest.raises(ConfigError, match=r"base\.yaml: window \(10\) must be longer"):
+        load_train_config(tmp_path / "child.yaml")
+    (tmp_path / "base.yaml").write_text("base: child.yaml\n")
+    with pytest.raises(ConfigError, match="base: chain loops"):
+        load_train_config(tmp_path / "child.yaml")
+    (tmp_path / "base.yaml").write_text("name: base\ntask: {start: moderate, latency: {jitter: 0.5}}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ntask: {latency: {action_delay: [1, 2]}}\n")
+    task = load_train_config(tmp_path / "child.yaml").task  # a section lists only what it changes
+    assert (task.start, task.latency.jitter, task.latency.action_delay) == ("moderate", 0.5, (1, 2))
+
+
+def test_the_algorithm_docstring_states_the_defaults():
+    """The module docstring lists hyperparameters as ``name`` = value: each must be the default."""
+    import re
+
+    import snn_controller.train.algorithm as algorithm
+
+    stated = re.findall(r"``(\w+)`` = ([-\d.e]+)", algorithm.__doc__)
+    assert len(stated) >= 10
+    defaults = TrainConfig()
+    for name, value in stated:
+        assert getattr(defaults, name) == pytest.approx(float(value)), name
+
+
+def test_each_purpose_of_a_run_has_its_own_seed():
+    config = quick_config(seed=3)
+    seeds = [config.derived_seed(p) for p in ("networks", "environment", "evaluation", "selection")]
+    seeds += [config.derived_seed("iteration", i) for i in range(3)] + [config.derived_seed("rollout", 0, r)
+                                                                        for r in range(3)]
+    assert len(set(seeds)) == len(seeds)
+    assert config.derived_seed("rollout", 2, 1) == quick_config(seed=3).derived_seed("rollout", 2, 1)
+    assert config.derived_seed("networks") != quick_config(seed=4).derived_seed("networks")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..io.model_file import load_model
-from ..networks.mlp import MLPActor
+from ..networks.files import load_actor
 from ..networks.spiking_numpy import NumpySpikingActor
 from ..sim.drone import load_drone
 from ..task import spec as T
@@ -86,7 +86,7 @@ def make_guide(spec: str, drone: str, n: int, dt: float):
     gains = pid_gains(spec)
     if gains is not None:
         return PIDPolicy(load_drone(drone), n, dt, gains)
-    return PrivilegedPolicy(TorchActorRunner(load_mlp(spec, drone=drone), n))
+    return PrivilegedPolicy(TorchActorRunner(load_actor(spec, drone=drone)[0], n))
 
 
 def flight_policy(network, task: T.TaskConfig, episodes: int, privileged: bool, warmup_steps: int = 50,
@@ -105,21 +105,6 @@ def flight_policy(network, task: T.TaskConfig, episodes: int, privileged: bool, 
     return EnvGuidedPolicy(network, make_guide(guide, task.drone, episodes, task.dt), warmup_steps)
 
 
-def load_mlp(path, drone: str | None = None) -> MLPActor:
-    """An MLP model file (ANN actor or guide) as a torch network."""
-    from ..io.model_file import ModelFileError
-
-    tensors, manifest = load_model(path, drone=drone)
-    arch = manifest["architecture"]
-    if arch["type"] != "mlp":
-        raise ModelFileError(f"{path}: expected an MLP model, got {arch['type']!r}")
-    net = MLPActor(arch["obs_dim"], tuple(arch["hidden"]), arch["action_dim"])
-    state = {k: torch.as_tensor(v) for k, v in tensors.items()}
-    state["slope"] = net.slope
-    net.load_state_dict(state)
-    return net
-
-
 def evaluate_model(path, task: T.TaskConfig, episodes: int, seed: int = 0, engine: str = "batched",
                    warmup_steps: int = 50, guide: str = "pid") -> dict:
     """Evaluate a model file (``guide``: "pid" or a guide ANN file flies the warm-up); spiking
@@ -129,7 +114,7 @@ def evaluate_model(path, task: T.TaskConfig, episodes: int, seed: int = 0, engin
     if manifest["architecture"]["type"] == "lif_actor":
         network = NumpySpikingActor(tensors, manifest, batch=episodes)
     else:
-        network = TorchActorRunner(load_mlp(path, drone=task.drone), episodes)
+        network = TorchActorRunner(load_actor(path, drone=task.drone)[0], episodes)
     result = evaluate(flight_policy(network, task, episodes, privileged, warmup_steps, guide), task, episodes,
                       engine=engine, seed=seed)
     if isinstance(network, NumpySpikingActor):
@@ -153,5 +138,5 @@ def deployed_controller(spec: str, drone: str, n: int, dt: float, warmup_steps: 
     if manifest["architecture"]["type"] == "lif_actor":
         network = NumpySpikingActor(tensors, manifest, batch=n)
     else:
-        network = TorchActorRunner(load_mlp(spec, drone=drone), n)
+        network = TorchActorRunner(load_actor(spec, drone=drone)[0], n)
     return SupervisedPolicy(network, PIDController(load_drone(drone), n, dt, guide_gains), warmup_steps, envelope)

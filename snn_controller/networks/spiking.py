@@ -151,35 +151,3 @@ class SpikingActor(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.unroll(obs)[0]
-
-
-# --- model files ---------------------------------------------------------------------------
-def actor_tensors(actor: nn.Module) -> dict:
-    """Any actor's weights as numpy arrays under the model-file names (a slope goes to the manifest)."""
-    return {k: v.detach().cpu().numpy() for k, v in actor.state_dict().items() if k != "slope"}
-
-
-def save_actor(actor: SpikingActor, path, drone: str, dt: float, provenance: dict) -> None:
-    from ..io.model_file import ACTION_LAYOUT, OBS_LAYOUT, save_model
-
-    arch = {"type": "lif_actor", "obs_dim": actor.arch.obs_dim, "hidden": list(actor.arch.hidden),
-            "action_dim": actor.arch.action_dim, "neuron": "LIF, soft reset by subtraction, one-step delay",
-            "surrogate": "1 / (1 + k |U - theta|)^2", "output": "tanh"}
-    save_model(path, actor_tensors(actor), {
-        "architecture": arch, "observation_layout": OBS_LAYOUT, "action_layout": ACTION_LAYOUT,
-        "dt": dt, "drone": drone, "slope": float(actor.slope), "provenance": provenance})
-
-
-def load_actor(path, drone: str | None = None, dtype=torch.float32) -> tuple[SpikingActor, dict]:
-    from ..io.model_file import ModelFileError, load_model
-
-    tensors, manifest = load_model(path, drone=drone)
-    arch = manifest["architecture"]
-    if arch["type"] != "lif_actor":
-        raise ModelFileError(f"{path}: not a spiking actor (architecture type {arch['type']!r})")
-    actor = SpikingActor(ActorArchitecture(arch["obs_dim"], tuple(arch["hidden"]), arch["action_dim"]),
-                         slope=manifest["slope"])
-    state = {k: torch.as_tensor(v) for k, v in tensors.items()}
-    state["slope"] = actor.slope
-    actor.load_state_dict(state)
-    return actor.to(dtype), manifest

@@ -29,7 +29,7 @@ class TrainerNode(Node):
         self.declare_parameter("seed", -1)  # -1: the config's seed
         self.declare_parameter("out", "")  # run directory; '' = runs/<name>_seed<S>
         self.declare_parameter("resume", False)
-        from ..train.td3 import load_train_config
+        from ..train.config import load_train_config
 
         path, seed, out, self.resume = (self.get_parameter(n).value for n in ("config", "seed", "out", "resume"))
         self.config = load_train_config(path or package_root() / "config" / "train" / "td3bc_jsrl.yaml")
@@ -45,7 +45,7 @@ class TrainerNode(Node):
         self.get_logger().info(f"training {self.config.name} (seed {self.config.seed}) into {self.out}")
 
     def train(self) -> None:
-        from ..train.td3 import train
+        from ..train.run import train
 
         try:
             self.result = train(self.config, self.out, resume=self.resume, log=self.get_logger().info,

@@ -185,7 +185,7 @@ class TaskConfig:
     # yaw: the authors' code, 2 acos(1 - q_z^2)
     # a_hover, the centre of the action penalty and of the initial action history. None: the drone's
     # own hover command (cf21: 0.320 from its thrust curve). docs/task.md rounds it to 2*0.667-1 = 0.334; that
-    # constant pulls every action above hover; seed 0's final policy hovered 9.2 cm high with it (README).
+    # constant pulls every action above hover; seed 0's final policy hovered 9.2 cm high with it (docs/training.md).
     hover_action: float | None = None
     termination_distance: float = 0.6  # m, crash when any |position error component| exceeds it
     target: TargetConfig = field(default_factory=TargetConfig)
