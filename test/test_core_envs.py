@@ -11,7 +11,7 @@ torch.set_num_threads(1)
 
 from snn_controller.task import spec as T
 from snn_controller.task.envs import CrazyflieEnv, FlightEnv  # noqa: E402
-from snn_controller.control.pid import PIDPolicy  # noqa: E402
+from snn_controller.control.pid import PIDController  # noqa: E402
 from snn_controller.sim.state import DroneState  # noqa: E402
 
 F64 = torch.float64
@@ -37,9 +37,9 @@ def test_batched_and_pybullet_envs_agree(drone):
         assert (ob.critic - op.critic).abs().max() < 1e-9
         # the pybullet copies really sit in different places of one world
         assert ep.engine.state.position[:, 0].unique().numel() == 4
-        policy = PIDPolicy(eb.model, 4)
+        policy = PIDController(eb.model, 4)
         for _ in range(100):
-            a = policy(ob)
+            a = policy(ob.numpy())
             ob, rb, tb, trb, _ = eb.step(a)
             op, rp, tp, trp, _ = ep.step(a)
             assert (ob.actor - op.actor).abs().max() < 0.02

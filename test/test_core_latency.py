@@ -11,7 +11,7 @@ from snn_controller.config import ConfigError  # noqa: E402
 from snn_controller.sim.drone import load_drone  # noqa: E402
 from snn_controller.sim.engines import make_engine  # noqa: E402
 from snn_controller.task.envs import FlightEnv, evaluate  # noqa: E402
-from snn_controller.control.pid import PIDPolicy  # noqa: E402
+from snn_controller.control.pid import PIDController  # noqa: E402
 from snn_controller.sim.state import DroneState  # noqa: E402
 
 F64 = torch.float64
@@ -106,9 +106,9 @@ def test_observation_delay_shows_the_state_of_that_many_steps_ago():
                     2, seed=0, autoreset=False, dtype=F64)
     obs, _ = env.reset()
     history = [obs.critic[:, :18].clone()]
-    policy = PIDPolicy(env.model, 2)
+    policy = PIDController(env.model, 2)
     for _ in range(20):
-        obs, *_ = env.step(policy(obs))
+        obs, *_ = env.step(policy(obs.numpy()))
         history.append(obs.critic[:, :18].clone())
         t = len(history) - 1
         expected = history[max(t - d, 0)]  # the first steps show the start (the line is filled with it)
@@ -181,9 +181,9 @@ def test_both_engines_fly_identical_conditions(conditions):
         op, _ = ep.reset()
         for key in ("action_delay", "observation_delay", "noise_scale", "observation_bias"):
             assert torch.equal(getattr(eb, key), getattr(ep, key)), key
-        policy = PIDPolicy(eb.model, 4)
+        policy = PIDController(eb.model, 4)
         for _ in range(100):
-            a = policy(ob)
+            a = policy(ob.numpy())
             ob, rb, tb, _, _ = eb.step(a)
             op, rp, tp, _, _ = ep.step(a)
             # the engines' own difference (test_core_envs: 0.02 without latency), through a delayed loop
@@ -199,7 +199,7 @@ def test_both_engines_fly_identical_conditions(conditions):
 def test_the_pid_holds_at_two_steps_of_delay():
     """The guide and failsafe of the network must fly a loop with 20 ms of latency (a radio link)."""
     cfg = T.TaskConfig(start="moderate", latency=T.Latency(action_delay=(2, 2)))
-    r = evaluate(PIDPolicy(load_drone("cf21"), 200), cfg, episodes=200, seed=0)
+    r = evaluate(PIDController(load_drone("cf21"), 200), cfg, episodes=200, seed=0)
     assert r["survival_rate"] >= 0.99, r
     assert r["position_error_mean"] < 0.03, r
 

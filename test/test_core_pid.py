@@ -9,13 +9,14 @@ torch.set_num_threads(1)
 from snn_controller.task import spec as T
 from snn_controller.sim.drone import load_drone  # noqa: E402
 from snn_controller.task.envs import evaluate  # noqa: E402
-from snn_controller.control.pid import PIDController, PIDPolicy  # noqa: E402
+from snn_controller.control.pid import PIDController  # noqa: E402
+from snn_controller.task.observation import Observation  # noqa: E402
 
 
 @pytest.mark.parametrize("drone", ["cf21", "cf2x"])
 def test_pid_moderate_starts(drone):
     cfg = T.TaskConfig(drone=drone, start="moderate")
-    result = evaluate(PIDPolicy(load_drone(drone), 300), cfg, episodes=300, engine="batched", seed=0,
+    result = evaluate(PIDController(load_drone(drone), 300), cfg, episodes=300, engine="batched", seed=0,
                       dtype=torch.float64)
     assert result["episodes"] == 300
     assert result["survival_rate"] >= 0.99, result
@@ -26,7 +27,7 @@ def test_pid_paper_starts_cf21():
     """docs/task.md: random initial rotor speeds make the paper's starts hard; the issue aims at >= 70 %.
     1000 episodes keep the estimate's standard error near 1.4 %."""
     cfg = T.TaskConfig(drone="cf21", start="paper")
-    result = evaluate(PIDPolicy(load_drone("cf21"), 1000), cfg, episodes=1000, engine="batched", seed=0,
+    result = evaluate(PIDController(load_drone("cf21"), 1000), cfg, episodes=1000, engine="batched", seed=0,
                       dtype=torch.float64)
     assert result["episodes"] == 1000
     assert result["survival_rate"] >= 0.70, result
@@ -40,7 +41,7 @@ def test_pid_holds_a_hover_at_the_target_without_noise():
     obs = np.zeros((2, 18))
     obs[:, 3:12] = np.eye(3).reshape(9)
     for _ in range(3):
-        a = pid(obs)
+        a = pid(Observation(actor=obs))
     assert a == pytest.approx(np.full((2, 4), model.hover_action), abs=1e-6)
 
 
@@ -103,7 +104,7 @@ def test_observation_shape_mismatch_raises():
     pid = PIDController(load_drone("cf2x"), 2)
     for shape in [(1, 18), (2, 17), (3, 18), (18,)]:
         with pytest.raises(ValueError):
-            pid(np.zeros(shape))
+            pid(Observation(actor=np.zeros(shape)))
 
 
 def test_reset_mask_clears_only_selected():
@@ -112,7 +113,7 @@ def test_reset_mask_clears_only_selected():
     obs[:, 3:12] = np.eye(3).reshape(9)
     obs[:, 0] = 0.05  # inside the integral zone
     for _ in range(10):
-        pid(obs)
+        pid(Observation(actor=obs))
     assert (pid.integral[:, 0] < 0).all()
     pid.reset(np.array([True, False]))
     assert (pid.integral[0] == 0).all() and pid.integral[1, 0] < 0
@@ -130,7 +131,7 @@ def test_delay_compensation_extends_the_delay_the_pid_holds():
     cfg = T.TaskConfig(drone="cf21", start="moderate", latency=T.Latency(action_delay=(3, 3)))
     survival = {}
     for steps in (0, 2):
-        policy = PIDPolicy(load_drone("cf21"), 100, gains=replace(gains, delay_compensation=steps))
+        policy = PIDController(load_drone("cf21"), 100, gains=replace(gains, delay_compensation=steps))
         survival[steps] = evaluate(policy, cfg, episodes=100, seed=0)["survival_rate"]
     assert survival[0] < 0.5 and survival[2] >= 0.95, survival
 
@@ -148,7 +149,7 @@ def test_delay_compensation_changes_nothing_at_equilibrium_and_rejects_negative_
         obs = np.zeros((1, 18))
         obs[:, 3:12] = np.eye(3).reshape(9)
         for _ in range(5):
-            a = pid(obs)
+            a = pid(Observation(actor=obs))
         assert a == pytest.approx(np.full((1, 4), model.hover_action), abs=1e-6)
     bad = tmp_path / "pid.yaml"
     bad.write_text((load_pid_gains.__globals__["package_root"]() / "config" / "controllers" / "pid.yaml")
@@ -162,9 +163,9 @@ def test_a_pid_told_each_drones_true_delay_holds_where_the_nominal_prediction_fa
     cfg = T.TaskConfig(drone="cf21", start="moderate", latency=T.Latency(action_delay=(5, 5)))
     survival = {}
     for told in (False, True):
-        policy = PIDPolicy(load_drone("cf21"), 100)
+        policy = PIDController(load_drone("cf21"), 100)
         if told:
-            policy.controller.set_delay_compensation(5)
+            policy.set_delay_compensation(5)
         survival[told] = evaluate(policy, cfg, episodes=100, seed=0)["survival_rate"]
     assert survival[False] < 0.5 and survival[True] >= 0.95, survival
     pid = PIDController(load_drone("cf21"), 3)

@@ -10,7 +10,8 @@ import torch
 
 from snn_controller.config import ConfigError
 from snn_controller.sim.drone import load_drone
-from snn_controller.sim.fleet import REST_HEIGHT, CrashLimits, FleetSimulator, RobotConfig, StampedPilot, load_fleet
+from snn_controller.control.pilot import StampedPilot
+from snn_controller.sim.fleet import REST_HEIGHT, CrashLimits, FleetSimulator, RobotConfig, load_fleet
 from snn_controller.sim.state import DroneState
 
 HOVER = [0.0] * 4  # some valid command; its value does not matter here
@@ -259,11 +260,11 @@ class CountingController:
     def __init__(self):
         self.observations, self.resets = [], 0
 
-    def __call__(self, obs, yaw):
-        self.observations.append(obs)
-        return np.zeros(4)
+    def __call__(self, obs):
+        self.observations.append(obs.actor[0])
+        return np.zeros((1, 4))
 
-    def reset(self):
+    def reset(self, mask=None):
         self.resets += 1
 
 
@@ -274,7 +275,7 @@ def hover_state(z=0.011):
 
 def test_pilot_computes_each_state_once_and_resets_when_time_goes_back():
     controller = CountingController()
-    pilot = StampedPilot(controller, controller.reset, takeoff_height=1.0)
+    pilot = StampedPilot(controller, takeoff_height=1.0)
     answered = [stamp for stamp in (0, 10, 10, 20, 20, 20, 30) if pilot.admit(stamp)]
     assert answered == [0, 10, 20, 30] and pilot.duplicates == 3 and controller.resets == 0
     assert pilot.last_action is None, "admit only decides; act computes"

@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from snn_controller.control.handover import GuidedPolicy, SupervisedPolicy
+from snn_controller.control.handover import Handover, SupervisedPolicy
+from snn_controller.task.observation import Observation
+
+
+def O(actor):  # noqa: E743  (an observation of one or more drones)
+    return Observation(actor=np.atleast_2d(actor))
 
 
 class Const:
@@ -12,12 +17,12 @@ class Const:
     def __init__(self, value):
         self.value, self.calls, self.resets = value, 0, 0
 
-    def step(self, obs):
+    def step(self, inputs):
         self.calls += 1
-        return np.full((len(obs), 4), self.value)
+        return np.full((len(inputs), 4), self.value)
 
-    def __call__(self, obs, **kwargs):
-        return self.step(obs)
+    def __call__(self, obs):  # as a guide: a controller
+        return self.step(obs.actor)
 
     def reset(self, mask=None):
         self.resets += 1
@@ -28,8 +33,8 @@ class Const:
 
 def test_guide_flies_the_warmup_while_the_network_runs():
     net, guide = Const(0.5), Const(-0.5)
-    policy = GuidedPolicy(net, guide, warmup_steps=3)
-    obs = np.zeros((2, 18))
+    policy = Handover(net, guide, guide_steps=3)
+    obs = O(np.zeros((2, 18)))
     actions = [policy(obs)[:, 0] for _ in range(5)]
     assert [a[0] for a in actions] == [-0.5, -0.5, -0.5, 0.5, 0.5]
     assert net.calls == 5, "the network steps on every observation, also during the warm-up"
@@ -42,25 +47,25 @@ def test_failsafe_on_nan_hands_control_to_the_guide_and_rewarms():
     net, guide = Const(0.5), Const(-0.5)
     sup = SupervisedPolicy(net, guide, warmup_steps=2)
     obs = np.zeros(18)
-    assert [sup.step(obs)[0] for _ in range(3)] == [-0.5, -0.5, 0.5]
+    assert [sup(O(obs))[0, 0] for _ in range(3)] == [-0.5, -0.5, 0.5]
     assert sup.flying() == "network"
     calls = net.calls
     bad = obs.copy()
     bad[4] = np.nan
-    assert sup.step(bad) is None
+    assert np.isnan(sup(O(bad))).all()
     assert net.calls == calls, "a non-finite observation must never reach the network"
     assert sup.status()["invalid_observations"] == 1 and sup.status()["faults"] == 1
     assert net.resets >= 1 and sup.flying() == "guide"
-    assert [sup.step(obs)[0] for _ in range(3)] == [-0.5, -0.5, 0.5]
+    assert [sup(O(obs))[0, 0] for _ in range(3)] == [-0.5, -0.5, 0.5]
     sup.fault("stale odometry")
     assert sup.flying() == "guide" and sup.status()["last_fault"] == "stale odometry"
 
 
 def test_no_handover_when_warmup_is_zero():
     sup = SupervisedPolicy(Const(0.5), Const(-0.5), warmup_steps=0)
-    assert sup.step(np.zeros(18))[0] == 0.5
+    assert sup(O(np.zeros(18)))[0, 0] == 0.5
     with pytest.raises(ValueError):
-        GuidedPolicy(Const(0), Const(0), warmup_steps=-1)
+        Handover(Const(0), Const(0), guide_steps=-1)
 
 
 def test_guide_flies_outside_the_trained_envelope():
@@ -68,6 +73,6 @@ def test_guide_flies_outside_the_trained_envelope():
     sup = SupervisedPolicy(net, guide, warmup_steps=2, envelope=0.5)
     far = np.zeros(18)
     far[2] = -1.0  # 1 m below the goal: a take-off
-    assert [sup.step(far)[0] for _ in range(5)] == [-0.5] * 5
+    assert [sup(O(far))[0, 0] for _ in range(5)] == [-0.5] * 5
     near = np.zeros(18)
-    assert [sup.step(near)[0] for _ in range(3)] == [-0.5, -0.5, 0.5], "network after warm-up inside"
+    assert [sup(O(near))[0, 0] for _ in range(3)] == [-0.5, -0.5, 0.5], "network after warm-up inside"

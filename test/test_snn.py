@@ -135,6 +135,7 @@ def test_numpy_path_imports_no_torch():
     import sys
 
     code = ("import sys\nimport snn_controller.networks.spiking_numpy, snn_controller.control.handover, snn_controller.control.pid, "
-            "snn_controller.sim.rotations\nprint('torch' in sys.modules)")
+            "snn_controller.sim.rotations, snn_controller.sim.fleet, snn_controller.control.pilot, "
+            "snn_controller.io.model_file\nprint('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr

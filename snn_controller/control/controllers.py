@@ -1,11 +1,12 @@
-"""Evaluating controllers the paper's way: N test episodes at a named curriculum stage, the guide
-flying the first ``warmup_steps`` steps, then the network (docs/method.md section 5).
+"""Controllers built from what a user names: a model file, ``"pid"`` or a PID gains file.
 
 A guide is named by a string: ``"pid"`` (the PID with config/controllers/pid.yaml), a PID gains
 file (``.yaml``, e.g. config/controllers/pid_weak.yaml), or a guide ANN model file.
 
 Spiking model files fly through the numpy deployment path (what the node runs); ANN models and
-actors still in training fly through torch.
+actors still in training fly through torch behind :class:`TorchNetwork`. Evaluating the paper's
+way (docs/method.md section 5): N test episodes at a named curriculum stage, the guide flying the
+first ``warmup_steps`` steps, then the network.
 """
 
 from __future__ import annotations
@@ -13,18 +14,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..io.model_file import load_model
+from ..io.model_file import ModelFileError, load_model
 from ..networks.files import load_actor
 from ..networks.spiking_numpy import NumpySpikingActor
 from ..sim.drone import load_drone
 from ..task import spec as T
 from ..task.envs import evaluate
-from .handover import EnvPolicy, GuidedPolicy, GuideOnly, SupervisedPolicy
-from .pid import PIDController, PIDGains, PIDPolicy, load_pid_gains
+from .handover import Handover, NetworkController, SupervisedPolicy
+from .pid import PIDController, PIDGains, load_pid_gains
 
 
-class TorchActorRunner:
-    """Any torch actor as a stateful numpy policy for ``batch`` drones (``step``/``reset(mask)``), no grad."""
+class TorchNetwork:
+    """A torch actor as a network for ``batch`` drones (``step`` / ``reset(mask)`` on numpy), no grad."""
 
     def __init__(self, actor, batch: int):
         self.actor, self.batch = actor, batch
@@ -37,38 +38,9 @@ class TorchActorRunner:
             self.state = self.actor.reset_state(self.state, torch.as_tensor(np.asarray(mask, dtype=bool)))
 
     @torch.no_grad()
-    def step(self, obs):
-        action, self.state, _ = self.actor.step(self.state, torch.as_tensor(obs, dtype=torch.float32))
-        return action.double().numpy()
-
-
-class PrivilegedPolicy:
-    """A network on the 146-value observation (the guide ANN) flying alone in FlightEnv."""
-
-    def __init__(self, network):
-        self.network = network
-
-    def reset(self, mask=None):
-        self.network.reset(mask)
-
-    def __call__(self, obs):
-        return torch.as_tensor(self.network.step(obs.privileged.float().numpy()), dtype=obs.actor.dtype)
-
-
-class EnvGuidedPolicy(GuidedPolicy):
-    """The handover of :class:`GuidedPolicy` for a guide that flies FlightEnv observations (a guide
-    ANN needs the privileged 146 values): the network steps on every actor observation."""
-
-    def __call__(self, obs):
-        if self.steps is None:
-            self.steps = np.zeros(len(obs.actor), dtype=np.int64)
-            self.network_flew = np.zeros(len(obs.actor), dtype=bool)
-        network_flying = torch.as_tensor(self.network_flying())
-        net = torch.as_tensor(self.network.step(obs.actor.double().numpy()), dtype=obs.actor.dtype)
-        self.steps += 1
-        if network_flying.all():  # the guide is not needed (nor computed) once the network flies
-            return net
-        return torch.where(network_flying[:, None], net, self.guide(obs))
+    def step(self, inputs):
+        action, self.state, _ = self.actor.step(self.state, torch.as_tensor(inputs, dtype=torch.float32))
+        return action.numpy()
 
 
 def pid_gains(spec: str) -> PIDGains | None:
@@ -81,40 +53,36 @@ def pid_gains(spec: str) -> PIDGains | None:
 
 
 def make_guide(spec: str, drone: str, n: int, dt: float):
-    """A guide as a FlightEnv policy: a PID (``"pid"`` or a gains file), or a guide ANN model file
-    (privileged observation)."""
+    """A guide as a controller: a PID (``"pid"`` or a gains file), or a guide ANN model file (on the
+    privileged observation)."""
     gains = pid_gains(spec)
     if gains is not None:
-        return PIDPolicy(load_drone(drone), n, dt, gains)
-    return PrivilegedPolicy(TorchActorRunner(load_actor(spec, drone=drone)[0], n))
+        return PIDController(load_drone(drone), n, dt, gains)
+    return NetworkController(TorchNetwork(load_actor(spec, drone=drone)[0], n), view="privileged")
 
 
 def flight_policy(network, task: T.TaskConfig, episodes: int, privileged: bool, warmup_steps: int = 50,
                   guide: str = "pid"):
-    """The evaluated policy: a privileged network alone, or the guide's warm-up then the network.
-
-    A PID guide goes through the deployment path (:class:`GuidedPolicy` on numpy, as the node
-    flies); a guide ANN file needs the privileged observation, so it hands over in FlightEnv.
-    """
+    """The evaluated controller: a privileged network alone, or the guide's warm-up then the network."""
     if privileged:
-        return PrivilegedPolicy(network)
-    gains = pid_gains(guide)
-    if gains is not None:
-        pid = PIDController(load_drone(task.drone), episodes, task.dt, gains)
-        return EnvPolicy(GuidedPolicy(network, pid, warmup_steps))
-    return EnvGuidedPolicy(network, make_guide(guide, task.drone, episodes, task.dt), warmup_steps)
+        return NetworkController(network, view="privileged")
+    return Handover(network, make_guide(guide, task.drone, episodes, task.dt), warmup_steps)
+
+
+def load_network(path, drone: str, n: int):
+    """A model file as a network for ``n`` drones: spiking models on the numpy path, MLPs in torch."""
+    tensors, manifest = load_model(path, drone=drone)
+    if manifest["architecture"]["type"] == "lif_actor":
+        return NumpySpikingActor(tensors, manifest, batch=n), manifest
+    return TorchNetwork(load_actor(path, drone=drone)[0], n), manifest
 
 
 def evaluate_model(path, task: T.TaskConfig, episodes: int, seed: int = 0, engine: str = "batched",
                    warmup_steps: int = 50, guide: str = "pid") -> dict:
     """Evaluate a model file (``guide``: "pid" or a guide ANN file flies the warm-up); spiking
     models also report spikes per step per layer."""
-    tensors, manifest = load_model(path, drone=task.drone)
+    network, manifest = load_network(path, task.drone, episodes)
     privileged = manifest["architecture"]["obs_dim"] == T.PRIVILEGED_OBS_DIM
-    if manifest["architecture"]["type"] == "lif_actor":
-        network = NumpySpikingActor(tensors, manifest, batch=episodes)
-    else:
-        network = TorchActorRunner(load_actor(path, drone=task.drone)[0], episodes)
     result = evaluate(flight_policy(network, task, episodes, privileged, warmup_steps, guide), task, episodes,
                       engine=engine, seed=seed)
     if isinstance(network, NumpySpikingActor):
@@ -123,20 +91,16 @@ def evaluate_model(path, task: T.TaskConfig, episodes: int, seed: int = 0, engin
 
 
 def deployed_controller(spec: str, drone: str, n: int, dt: float, warmup_steps: int = 50, guide: str = "pid",
-                        envelope: float = 0.5):
-    """What the snn_policy node flies, for ``n`` drones: a model file with its PID guide and failsafe
-    (:class:`SupervisedPolicy`), or a PID alone (``"pid"`` or a gains file)."""
+                        envelope: float = 0.5) -> SupervisedPolicy:
+    """What the snn_policy and pid_controller nodes fly, for ``n`` drones: a model file with its PID
+    guide, or a PID alone (``"pid"`` or a gains file), behind the failsafe (:class:`SupervisedPolicy`)."""
     gains = pid_gains(spec)
     if gains is not None:
-        return GuideOnly(PIDController(load_drone(drone), n, dt, gains))
+        return SupervisedPolicy(None, PIDController(load_drone(drone), n, dt, gains), warmup_steps, envelope)
     guide_gains = pid_gains(guide)
     if guide_gains is None:
         raise ValueError(f"the deployed controller's guide and failsafe is a PID ('pid' or a gains file), got {guide!r}")
-    tensors, manifest = load_model(spec, drone=drone)
+    network, manifest = load_network(spec, drone, n)
     if manifest["architecture"]["obs_dim"] != T.OBS_DIM:
-        raise ValueError(f"{spec}: a privileged network (146 inputs) cannot fly a real drone's observations")
-    if manifest["architecture"]["type"] == "lif_actor":
-        network = NumpySpikingActor(tensors, manifest, batch=n)
-    else:
-        network = TorchActorRunner(load_actor(spec, drone=drone)[0], n)
+        raise ModelFileError(f"{spec}: a privileged network (146 inputs) cannot fly a real drone's observations")
     return SupervisedPolicy(network, PIDController(load_drone(drone), n, dt, guide_gains), warmup_steps, envelope)

@@ -37,7 +37,7 @@ import numpy as np
 from ..config import build, load_yaml, package_root
 from ..sim.drone import DroneModel
 from ..sim.rotations import matrix_to_quat, quat_multiply
-from .handover import EnvPolicy
+from ..task.observation import OBS_DIM
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,10 @@ def load_pid_gains(path=None) -> PIDGains:
 class PIDController:
     """Batched cascaded controller for ``n`` drones of one model.
 
-    Call with the 18-value observation (N, 18) (position error, rotation matrix row-major, world
-    velocity, body rates); optional ``target_velocity`` (N, 3) and ``target_yaw`` (N,) [rad].
-    Returns motor commands (N, 4) in [-1, 1]. ``reset(mask)`` clears the state of some drones.
+    A controller (control/handover.py): call with an :class:`~snn_controller.task.observation.Observation`
+    of N drones (it reads the named views of the actor observation and ``target_yaw`` [rad]);
+    optional ``target_velocity`` (N, 3). Returns motor commands (N, 4) in [-1, 1].
+    ``reset(mask)`` clears the state of some drones.
     """
 
     def __init__(self, model: DroneModel, n: int = 1, dt: float = 0.01, gains: PIDGains | None = None):
@@ -150,15 +151,13 @@ class PIDController:
         self.v_hat = v_pred + g.observer_velocity_gain * (v - v_pred) + g.observer_cross_gain * innov / dt
         return self.p_hat, self.v_hat
 
-    def __call__(self, obs: np.ndarray, target_velocity: np.ndarray | None = None,
-                 target_yaw: np.ndarray | None = None) -> np.ndarray:
-        obs = np.asarray(obs, dtype=np.float64)
-        if obs.shape != (self.n, 18):
-            raise ValueError(f"observation must have shape ({self.n}, 18), got {obs.shape}")
+    def __call__(self, obs, target_velocity: np.ndarray | None = None) -> np.ndarray:
+        if np.shape(obs.actor) != (self.n, OBS_DIM):
+            raise ValueError(f"observation must have shape ({self.n}, {OBS_DIM}), got {np.shape(obs.actor)}")
         g, m = self.gains, self.model
-        rot = obs[:, 3:12].reshape(-1, 3, 3)
-        omega = obs[:, 15:18]
-        p_err, v = self._observe(obs[:, 0:3], obs[:, 12:15])
+        as64 = lambda x: np.asarray(x, dtype=np.float64)  # noqa: E731
+        rot, omega = as64(obs.rotation), as64(obs.angular_velocity)
+        p_err, v = self._observe(as64(obs.position_error), as64(obs.velocity))
         rotor = self.rotor_estimate
         if self.delay_steps.any():
             p_err, v, rot, omega, rotor = self._predict(p_err, v, rot, omega)
@@ -181,7 +180,7 @@ class PIDController:
         self.last_accel = body_z * (collective / m.mass)[:, None] - np.array([0.0, 0.0, m.gravity])
 
         # 2. desired attitude from thrust direction and yaw, tilt-prioritised error
-        yaw = np.zeros(self.n) if target_yaw is None else np.asarray(target_yaw)
+        yaw = np.zeros(self.n) if obs.target_yaw is None else as64(obs.target_yaw)
         z_des = force / np.linalg.norm(force, axis=-1, keepdims=True)
         x_c = np.stack([np.cos(yaw), np.sin(yaw), np.zeros(self.n)], -1)
         y_des = np.cross(z_des, x_c)
@@ -280,11 +279,3 @@ def _rotation(angle_axis: np.ndarray) -> np.ndarray:
     k = np.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(-1, 3, 3)
     safe = np.maximum(angle, 1e-12)
     return np.eye(3) + np.sin(angle) / safe * k + (1 - np.cos(angle)) / (safe * safe) * (k @ k)
-
-
-class PIDPolicy(EnvPolicy):
-    """A :class:`PIDController` as a policy of :class:`~snn_controller.task.envs.FlightEnv`."""
-
-    def __init__(self, model: DroneModel, n: int, dt: float = 0.01, gains: PIDGains | None = None):
-        self.controller = PIDController(model, n, dt, gains)
-        super().__init__(self.controller)

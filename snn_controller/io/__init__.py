@@ -1,4 +1,5 @@
 """File formats: model files (safetensors weights + JSON manifest) and rosbag2 MCAP bags.
 
-Imports nothing else of the package, so every layer can read and write files.
+Imports only the task's observation layout (the layout model files record), so every layer above the task
+can read and write files.
 """

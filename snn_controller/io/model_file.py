@@ -3,7 +3,8 @@
 A file holds named float arrays (safetensors) and, in the safetensors metadata, ``manifest``:
 a JSON object with the architecture, the observation and action layouts, the control period,
 the drone model, the surrogate slope at save time and the provenance (training config, seed,
-steps, evaluation metrics, code version). This module needs only numpy and safetensors.
+steps, evaluation metrics, code version). This module needs only numpy and safetensors (and the
+task's observation layout, which imports nothing).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+# The layouts a model must have been trained with to be flown by this code: the task's.
+from ..task.observation import OBS_DIM, OBS_LAYOUT, PRIVILEGED_OBS_DIM, PRIVILEGED_OBS_LAYOUT
+
 FORMAT = "snn_controller.model/1"
-# The layouts a model must have been trained with to be flown by this code.
-OBS_LAYOUT = ["position_error:3", "rotation_matrix:9", "velocity_world:3", "angular_velocity_body:3"]
-PRIVILEGED_OBS_LAYOUT = OBS_LAYOUT + ["last_actions:32x4"]
 ACTION_LAYOUT = "motor commands in [-1, 1], rotor speed command (a + 1) / 2, motor order 0..3 of docs/task.md"
 
 
@@ -125,7 +126,7 @@ def _check(manifest: dict, tensors: dict, where: str) -> None:
     if layout not in (OBS_LAYOUT, PRIVILEGED_OBS_LAYOUT):
         raise ModelFileError(f"{where}: observation layout {layout} is not one this code builds "
                              f"({OBS_LAYOUT} or the privileged one)")
-    obs_dim = 18 if layout == OBS_LAYOUT else 146
+    obs_dim = OBS_DIM if layout == OBS_LAYOUT else PRIVILEGED_OBS_DIM
     if arch.get("obs_dim") != obs_dim or arch.get("action_dim") != 4:
         raise ModelFileError(f"{where}: architecture obs_dim {arch.get('obs_dim')} / action_dim "
                              f"{arch.get('action_dim')} do not match the layout ({obs_dim} / 4)")

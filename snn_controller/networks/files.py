@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..io.model_file import ACTION_LAYOUT, OBS_LAYOUT, PRIVILEGED_OBS_LAYOUT, ModelFileError, load_model, save_model
+from ..io.model_file import ACTION_LAYOUT, ModelFileError, load_model, save_model
+from ..task.observation import OBS_DIM, OBS_LAYOUT, PRIVILEGED_OBS_DIM, PRIVILEGED_OBS_LAYOUT
 from .mlp import MLPActor
 from .spiking import ActorArchitecture, SpikingActor
 
@@ -30,9 +31,9 @@ def actor_manifest(actor: nn.Module, drone: str, dt: float, provenance: dict) ->
                 "action_dim": actor.action_dim, "activation": "relu", "output": "tanh"}
     else:
         raise TypeError(f"cannot write a {type(actor).__name__} to a model file")
-    layouts = {18: OBS_LAYOUT, 146: PRIVILEGED_OBS_LAYOUT}
+    layouts = {OBS_DIM: OBS_LAYOUT, PRIVILEGED_OBS_DIM: PRIVILEGED_OBS_LAYOUT}
     if arch["obs_dim"] not in layouts:
-        raise ValueError(f"an actor on {arch['obs_dim']} inputs fits no observation layout (18 or 146)")
+        raise ValueError(f"an actor on {arch['obs_dim']} inputs fits no observation layout ({sorted(layouts)})")
     manifest = {"architecture": arch, "observation_layout": layouts[arch["obs_dim"]], "action_layout": ACTION_LAYOUT,
                 "dt": dt, "drone": drone, "provenance": provenance}
     if isinstance(actor, SpikingActor):

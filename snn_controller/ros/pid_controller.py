@@ -22,9 +22,11 @@ from nav_msgs.msg import Odometry
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 
+from ..control.handover import SupervisedPolicy
 from ..control.pid import PIDController, load_pid_gains
+from ..control.pilot import StampedPilot
 from ..sim.drone import load_drone
-from ..sim.fleet import StampedPilot, controlled_drones
+from ..sim.fleet import controlled_drones
 from . import qos
 from .conversions import motor_command_msg, odometry_arrays, pose_target, stamp_ns
 from .node_main import run
@@ -46,9 +48,9 @@ class PIDControllerNode(Node):
         self.rejected = 0
         self.pilots, self.cmd_pubs = {}, {}
         for name, prefix in controlled_drones(fleet_file, self.get_namespace()).items():
-            controller = PIDController(model, 1, dt=1.0 / rate, gains=gains)
-            self.pilots[name] = StampedPilot(lambda obs, yaw, c=controller: self.fly(c, obs, yaw),
-                                             controller.reset, takeoff_height)
+            # the PID behind the deployed controller's failsafe (no network): a non-finite state is refused
+            controller = SupervisedPolicy(None, PIDController(model, 1, dt=1.0 / rate, gains=gains))
+            self.pilots[name] = StampedPilot(controller, takeoff_height)
             self.cmd_pubs[name] = self.create_publisher(JointState, prefix + "cmd_motors_stamped", qos.COMMAND)
             self.create_subscription(Odometry, prefix + "odom", lambda m, n=name: self.on_odom(n, m),
                                      qos.LATEST_STATE)
@@ -66,19 +68,13 @@ class PIDControllerNode(Node):
 
     def on_odom(self, name: str, msg: Odometry) -> None:
         pilot = self.pilots[name]
-        if pilot.admit(stamp_ns(msg.header.stamp)):
-            pilot.act(odometry_arrays(msg))
+        if pilot.admit(stamp_ns(msg.header.stamp)) and pilot.act(odometry_arrays(msg)) is None:
+            self.rejected += 1
+            self.get_logger().warn(f"{name}: ignoring odometry with NaN or inf ({self.rejected} so far)",
+                                   throttle_duration_sec=2.0)
         # else a copy of the state just answered: its answer again, not computed again
         if pilot.last_action is not None:
             self.cmd_pubs[name].publish(motor_command_msg(msg.header.stamp, pilot.last_action))
-
-    def fly(self, controller: PIDController, obs: np.ndarray, yaw: float):
-        if not np.isfinite(obs).all():
-            self.rejected += 1
-            self.get_logger().warn(f"ignoring odometry with NaN or inf ({self.rejected} so far)",
-                                   throttle_duration_sec=2.0)
-            return None
-        return controller(obs[None], target_yaw=np.array([yaw]))[0]
 
 
 def main(args=None):

@@ -38,9 +38,10 @@ from std_srvs.srv import Trigger
 from ..config import package_root
 from ..control.handover import SupervisedPolicy
 from ..control.pid import PIDController, load_pid_gains
+from ..control.pilot import StampedPilot
 from ..networks.spiking_numpy import NumpySpikingActor
 from ..sim.drone import load_drone
-from ..sim.fleet import StampedPilot, controlled_drones
+from ..sim.fleet import controlled_drones
 from . import qos
 from .conversions import motor_command_msg, odometry_arrays, pose_target, stamp_ns
 from .node_main import run
@@ -78,7 +79,7 @@ class SNNPolicyNode(Node):
             network = NumpySpikingActor.from_file(model_file, drone=drone)
             guide = PIDController(drone_model, 1, dt=network.manifest["dt"], gains=guide_gains)
             policy = SupervisedPolicy(network, guide, warmup_steps=warmup, envelope=envelope)
-            pilot = StampedPilot(lambda obs, yaw, p=policy: p.step(obs, yaw=yaw), policy.reset, takeoff_height)
+            pilot = StampedPilot(policy, takeoff_height)
             self.drones[name] = FlownDrone(policy, pilot, self.create_publisher(
                 JointState, prefix + "cmd_motors_stamped", qos.COMMAND))
             self.create_subscription(Odometry, prefix + "odom", lambda m, n=name: self.on_odom(n, m),

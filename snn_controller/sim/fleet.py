@@ -1,5 +1,5 @@
-"""A fleet of simulated Crazyflies in one pybullet world: the core of the ``sim_bridge`` node,
-and the controllers' side of the stamp protocol (:class:`StampedPilot`).
+"""A fleet of simulated Crazyflies in one pybullet world: the core of the ``sim_bridge`` node.
+(The controllers' side of the stamp protocol is :class:`~snn_controller.control.pilot.StampedPilot`.)
 
 Time is an integer step counter; a state's stamp is ``step * dt_ns`` nanoseconds, never a sum
 of float seconds, so a stamp names exactly one step. The stamp protocol: every odometry message
@@ -33,11 +33,11 @@ import numpy as np
 
 from ..config import ConfigError, build, load_yaml, package_root
 from .drone import DroneModel
-from .rotations import observation, quat_to_matrix, yaw_of
-from .supervisor import CrashLimits, crash_reasons, idles_on_ground
+from .rotations import quat_to_matrix, yaw_of
+from .supervisor import CrashLimits, crash_reasons
 
 # The engine (pybullet) and the state (torch) are imported where the simulator needs them: the
-# controller nodes import this module for StampedPilot and should start without torch.
+# controller nodes import this module for the fleet file and should start without torch.
 
 REST_HEIGHT = 0.011  # m: body centre above the ground when resting on the collision cylinder
 NS_PER_S = 1_000_000_000
@@ -346,65 +346,3 @@ def _rest_state(position: np.ndarray, yaw: np.ndarray):
     zeros = np.zeros((k, 3))
     return DroneState.from_arrays({"position": position, "quaternion": quat, "velocity": zeros,
                                    "angular_velocity": zeros, "rotor_speed": np.zeros((k, 4))})
-
-
-class StampedPilot:
-    """A controller's side of the stamp protocol, for one drone.
-
-    ``controller(obs (18,), yaw) -> action (4,) or None`` flies the drone; ``reset()`` clears its
-    state. :meth:`admit` decides whether a state is new: a state with the stamp last answered is a
-    copy (lockstep re-sends a state whose answer it misses) and is not computed again: the node
-    sends ``last_action`` again, since the first answer may have been lost (a command sent before
-    the simulator's subscription matched). An older stamp means the simulation was reset (time
-    went back): the controller is reset and the state answered. Until a goal arrives the pilot
-    holds ``takeoff_height`` above the first finite position, which it takes for the ground: while
-    the drone and its goal are both on the ground (:func:`~snn_controller.sim.supervisor.idles_on_ground`)
-    the motors stay off, and the controller is reset for the next take-off.
-    """
-
-    def __init__(self, controller, reset, takeoff_height: float = 0.5):
-        self.controller, self._reset, self.takeoff_height = controller, reset, takeoff_height
-        self.goal, self.goal_yaw = None, 0.0
-        self.last_stamp = None
-        self.last_action = None  # the answer to the state of last_stamp (None: refused)
-        self.duplicates = self.time_jumps = 0
-        self.ground_z, self.idle = None, False
-
-    def set_goal(self, goal, yaw: float) -> bool:
-        """Take a goal; False (and the old goal kept) if it is not finite."""
-        goal = np.asarray(goal, dtype=np.float64)
-        if not (np.isfinite(goal).all() and math.isfinite(yaw)):
-            return False
-        self.goal, self.goal_yaw = goal, float(yaw)
-        return True
-
-    def admit(self, stamp_ns: int) -> bool:
-        """True if the state with this stamp is new (to be computed with :meth:`act`)."""
-        if stamp_ns == self.last_stamp:
-            self.duplicates += 1
-            return False
-        if self.last_stamp is not None and stamp_ns < self.last_stamp:
-            self.time_jumps += 1
-            self._reset()
-        self.last_stamp = stamp_ns
-        return True
-
-    def act(self, state: dict[str, np.ndarray]):
-        """The action for a state (odometry arrays: position, quaternion, velocity_world,
-        angular_velocity_body), or None where the controller refuses it."""
-        if self.goal is None and np.isfinite(state["position"]).all():
-            self.goal = state["position"] + np.array([0.0, 0.0, self.takeoff_height])
-            self.ground_z = state["position"][2]
-        target = self.goal if self.goal is not None else state["position"]
-        if self.ground_z is not None:
-            idle = bool(idles_on_ground(target[2] - self.ground_z, state["position"][2] - self.ground_z))
-            if idle and not self.idle:
-                self._reset()
-            self.idle = idle
-            if idle:
-                self.last_action = np.full(4, -1.0)
-                return self.last_action
-        obs = observation(state["position"], state["quaternion"], state["velocity_world"],
-                          state["angular_velocity_body"], target)[0]
-        self.last_action = self.controller(obs, self.goal_yaw)
-        return self.last_action

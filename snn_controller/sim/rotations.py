@@ -45,12 +45,3 @@ def yaw_of(q: np.ndarray) -> np.ndarray:
     """Yaw angle [rad] of quaternions (..., 4) (z-y-x Euler convention)."""
     w, x, y, z = np.moveaxis(np.asarray(q, dtype=np.float64), -1, 0)
     return np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
-
-
-def observation(position, quaternion, velocity_world, body_rates, target_position) -> np.ndarray:
-    """The 18-value actor observation (N, 18): position error, rotation matrix row-major,
-    world velocity, body rates. Inputs are (N, k) arrays (or (k,) for one drone)."""
-    p = np.atleast_2d(np.asarray(position, dtype=np.float64))
-    rot = quat_to_matrix(np.atleast_2d(quaternion)).reshape(-1, 9)
-    return np.concatenate([p - np.atleast_2d(target_position), rot, np.atleast_2d(velocity_world),
-                           np.atleast_2d(body_rates)], -1)

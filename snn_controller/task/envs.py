@@ -10,8 +10,6 @@ is the single-drone Gymnasium environment (numpy in, numpy out) on top of it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import gymnasium
 import numpy as np
 import torch
@@ -20,15 +18,7 @@ from ..sim.drone import load_drone
 from ..sim.engines import make_engine
 from ..sim.state import DroneState
 from . import spec as T
-
-
-@dataclass
-class Observation:
-    """What the agents see at one step (N drones)."""
-
-    actor: torch.Tensor  # (N, 18) noisy actor observation
-    privileged: torch.Tensor  # (N, 146) noisy 18 + last 32 actions: the guide's input
-    critic: torch.Tensor  # (N, 146) true 18 + last 32 actions: the critics' input
+from .observation import ANGULAR_VELOCITY, POSITION_ERROR, VELOCITY, Observation
 
 
 # The latency and randomisation draws have a generator of their own, so the starts and the noise of
@@ -117,7 +107,8 @@ class FlightEnv:
         scales = [uniform(getattr(r, k))[idx] for k in ("mass", "inertia", "thrust", "motor_time_constant")]
         self.noise_scale[idx, 0] = uniform(r.noise)[idx]
         bias = torch.zeros(T.OBS_DIM, dtype=torch.float64)  # the rotation matrix gets none
-        bias[0:3], bias[12:15], bias[15:18] = r.position_bias, r.velocity_bias, r.angular_velocity_bias
+        bias[POSITION_ERROR], bias[VELOCITY], bias[ANGULAR_VELOCITY] = (r.position_bias, r.velocity_bias,
+                                                                        r.angular_velocity_bias)
         self.observation_bias[idx] = ((2 * torch.rand(n, T.OBS_DIM, generator=g, dtype=torch.float64) - 1) * bias)[idx]
         if self._scales_dynamics:
             self.engine.scale_dynamics(*scales, index=idx)
@@ -164,7 +155,7 @@ class FlightEnv:
         seen = true
         if self._observed is not None:  # the state observation_delay steps ago, against today's target
             seen = self._observed[torch.arange(self.n), self.observation_delay].clone()
-            seen[:, :3] -= target_p
+            seen[:, POSITION_ERROR] -= target_p
         noise = torch.randn(true.shape, generator=self.generator, dtype=torch.float64) * self.noise_std
         noisy = (seen + noise * self.noise_scale + self.observation_bias).to(self.dtype)
         hist = self.history.reshape(self.n, -1)
@@ -281,19 +272,18 @@ def evaluate(policy, config: T.TaskConfig, episodes: int = 100, engine: str = "b
              dtype: torch.dtype = torch.float64, engine_options: dict | None = None) -> dict:
     """Run ``episodes`` episodes in parallel and summarize them.
 
-    ``policy(obs: Observation) -> actions (N, 4)`` is called every step; policies with state
-    expose ``reset()``, called once before the episodes start.
+    ``policy`` is a controller (snn_controller/control): ``reset(mask=None)``, and
+    ``policy(obs: Observation) -> actions (N, 4)`` on numpy observations, called every step.
     """
     env = FlightEnv(config, episodes, engine=engine, seed=seed, autoreset=False, dtype=dtype,
                     engine_options=engine_options)
     try:
         obs, _ = env.reset()
-        if hasattr(policy, "reset"):
-            policy.reset()
+        policy.reset()
         finished = []
         for _ in range(config.episode_steps):
             with torch.no_grad():
-                action = policy(obs)
+                action = policy(obs.numpy())
             obs, _, _, _, info = env.step(action)
             finished += info["episodes"]
             if not env.active.any():

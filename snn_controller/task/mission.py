@@ -220,8 +220,8 @@ def fly_mission(mission: Mission, controller, task: T.TaskConfig, drones: int = 
                 seed: int = 0, limits: CrashLimits | None = None) -> dict:
     """Fly ``mission`` with ``drones`` copies (each its own noise, latency and randomisation draws).
 
-    ``controller``: ``step(obs (N, 18), yaw (N,)) -> actions (N, 4)`` with ``reset()``, and
-    optionally ``network_flew`` (N,) bool after each step (who flew). Crashed drones get their
+    ``controller``: a controller (control/handover.py: ``reset(mask)``, ``controller(obs) -> actions
+    (N, 4)``), optionally with ``network_flew`` (N,) bool after each step (who flew). Crashed drones get their
     motors stopped, as the firmware's supervisor does.
     """
     from .envs import FlightEnv
@@ -247,11 +247,10 @@ def fly_mission(mission: Mission, controller, task: T.TaskConfig, drones: int = 
         network = np.zeros((drones, steps), dtype=bool)
         has_network = False
         crashes = [None] * drones
-        yaw = np.zeros(drones)
         previous_velocity = env.engine.state.velocity.numpy().copy()
         idle = np.zeros(drones, dtype=bool)
         for t in range(steps):
-            action = np.asarray(controller.step(obs.actor.numpy(), yaw), dtype=np.float64)
+            action = np.array(controller(obs.numpy()), dtype=np.float64)
             height = env.engine.state.position[:, 2].numpy() - offset[2]
             now_idle = idles_on_ground(path[t, 2], height)
             if (now_idle & ~idle).any():  # a fresh guide and a cold network for the next take-off

@@ -1,9 +1,7 @@
 """The paper's flight task (docs/task.md section 2): observations, reward, curriculum, starts, targets.
 
 Pure functions on batched torch tensors, independent of the engine that produced the state.
-Shapes: N drones; ``obs`` (N, 18) = position error p - p_target (3), rotation matrix row-major (9),
-world velocity (3), body rates (3); privileged observation (N, 146) = those 18 + the last 32
-actions (4 each, oldest first).
+N drones; the observation layout is task/observation.py's.
 """
 
 from __future__ import annotations
@@ -16,11 +14,9 @@ import torch
 
 from ..config import ConfigError, build, load_yaml
 from ..sim.state import DroneState, quaternion_to_matrix
+from .observation import HISTORY, OBS_DIM, PRIVILEGED_OBS_DIM, assemble
 
-OBS_DIM = 18
-HISTORY = 32
-PRIVILEGED_OBS_DIM = OBS_DIM + 4 * HISTORY  # 146
-OBS_LAYOUT = ("position_error:3", "rotation_matrix:9", "velocity_world:3", "angular_velocity_body:3")
+__all__ = ["HISTORY", "OBS_DIM", "PRIVILEGED_OBS_DIM"]  # the layout's sizes, re-exported for the task's users
 
 
 @dataclass(frozen=True)
@@ -241,8 +237,9 @@ def target_at(target: TargetConfig, t: torch.Tensor) -> tuple[torch.Tensor, torc
 # --- observation --------------------------------------------------------------------
 def observation(state: DroneState, target_position: torch.Tensor) -> torch.Tensor:
     """The true 18-value actor observation (N, 18)."""
-    rot = quaternion_to_matrix(state.quaternion).reshape(-1, 9)
-    return torch.cat([state.position - target_position, rot, state.velocity, state.angular_velocity], -1)
+    out = torch.empty(state.position.shape[0], OBS_DIM, dtype=state.position.dtype)
+    return assemble(out, state.position - target_position, quaternion_to_matrix(state.quaternion),
+                    state.velocity, state.angular_velocity)
 
 
 def observation_noise_std(noise: ObservationNoise, dtype=torch.float64) -> torch.Tensor:

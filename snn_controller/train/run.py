@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, to_dict
-from ..control.controllers import TorchActorRunner, flight_policy, make_guide
+from ..control.controllers import TorchNetwork, flight_policy, make_guide
 from ..io.model_file import code_version, save_model, write_atomically
 from ..networks.files import actor_manifest
 from ..task import spec as T
@@ -90,7 +90,7 @@ class Trainer:
         n = episodes or c.eval_episodes
         task = replace(c.task, start=starts or c.eval_starts,
                        stage=c.task.curriculum.stages - 1 if stage is None else stage)
-        policy = flight_policy(TorchActorRunner(self.td3.actor, n), task, n, c.privileged_actor, c.warmup_steps,
+        policy = flight_policy(TorchNetwork(self.td3.actor, n), task, n, c.privileged_actor, c.warmup_steps,
                                c.evaluation_guide)
         return evaluate(policy, task, n, engine=engine, seed=c.derived_seed("evaluation") if seed is None else seed)
 
