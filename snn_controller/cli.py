@@ -142,11 +142,12 @@ def cmd_launch(args) -> int:
         _emit(args, {"file": str(desc.path), "commands": cmds}, "\n".join(" ".join(c) for c in cmds))
         return 0
     monitor_names = None
-    if args.monitor:
+    if args.monitor:  # the drones the launched sim_bridge simulates
         from .sim.fleet import load_fleet
 
-        fleet_file = given.get("crazyflies") or None
-        monitor_names = list(load_fleet(fleet_file).enabled_robots())
+        sim = next((n for n in desc.nodes if n.executable == "sim_bridge"), None)
+        fleet_file = dict(sim.parameters).get("crazyflies") if sim else given.get("crazyflies")
+        monitor_names = list(load_fleet(fleet_file or None).enabled_robots())
     runner = LaunchRunner(desc, output=sys.stderr if args.json else sys.stdout)
     summary = mission = None
     with runner:

@@ -11,7 +11,8 @@ import yaml
 from snn_controller.config import ConfigError
 from snn_controller.ros.launch import LaunchRunner, find_launch_file, node_command, parse_launch
 from snn_controller.ros import NODES
-from snn_controller.ros.flight_recorder import DRONE_TOPICS, recorded_topics
+from snn_controller.ros.flight_recorder import recorded_topics
+from snn_controller.ros.topics import DRONE_TOPICS, FLIGHT_TOPICS
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.yaml"))
@@ -62,9 +63,36 @@ def test_one_controller_node_flies_the_fleet_file_the_simulator_simulates(launch
     if "flight_recorder" in by_exec:  # the recorder derives the per-drone topics from the same file
         recorder = dict(by_exec["flight_recorder"][0].parameters)
         assert recorder["crazyflies"] == str(fleet)
-        topics = recorded_topics(yaml.safe_load(recorder["topics"]), recorder["crazyflies"], DRONE_TOPICS)
+        assert "drone_topics" not in recorder, "the recorder's default per-drone topics: topics.FLIGHT_TOPICS"
+        topics = recorded_topics(yaml.safe_load(recorder["topics"]), recorder["crazyflies"])
         assert {"/a/cmd_motors_stamped", "/b/cmd_motors_stamped", "/a/odom", "/diagnostics"} <= set(topics)
         assert not any(t.startswith("/c/") for t in topics), "a disabled drone is not recorded"
+
+
+def ros2_launch_value(text: str):
+    """A parameter value as ros2 launch types it (launch_ros evaluate_parameter_dict): YAML, and
+    only bool, int, float, str or a non-empty list of one of them; anything else is refused."""
+    value = yaml.safe_load(text)
+    if isinstance(value, list):
+        assert value and type(value[0]) in (bool, int, float, str) and all(type(v) is type(value[0]) for v in value), \
+            f"ros2 launch refuses the list {text!r}"
+    else:
+        assert type(value) in (bool, int, float, str), f"ros2 launch refuses the value {text!r}"
+    return value
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_the_drone_model_comes_from_the_fleet_and_model_files(path):
+    """No launch file names a drone model: sim_bridge and pid_controller take the fleet file's
+    all.drone, snn_policy its model file's (and refuses a fleet of another drone). Every value
+    is one ros2 launch accepts, the empty string ('') included."""
+    every_node = {"record": "true"} if "record" in parse_launch(path).arguments else {}
+    for node in parse_launch(path, every_node).nodes:
+        params = {name: ros2_launch_value(value) for name, value in node.parameters}
+        if node.executable in ("sim_bridge", "pid_controller", "snn_policy"):
+            assert params["drone"] == "", f"{node.executable} must take the drone from its file"
+    overridden = parse_launch(path, {"drone": "cf2x"}).nodes
+    assert all(dict(n.parameters)["drone"] == "cf2x" for n in overridden if "drone" in dict(n.parameters))
 
 
 def test_launch_errors_name_the_problem(tmp_path):
@@ -82,6 +110,8 @@ def test_launch_errors_name_the_problem(tmp_path):
     bad.write_text("launch:\n  - arg: {name: a}\n  - node: {pkg: snn_controller, exec: sim_bridge}\n")
     with pytest.raises(ConfigError, match="'a' is required"):
         parse_launch(bad)
+    with pytest.raises(ConfigError, match="parameter 'drone' of sim_bridge is empty: write ''"):
+        parse_launch("sim_pid.launch.yaml", {"drone": ""})
 
 
 def test_substitutions_conditions_and_groups(tmp_path, monkeypatch):
@@ -153,3 +183,27 @@ def test_a_launch_prefix_goes_before_the_node_command():
     assert node_command(recorder)[:3] == ["nice", "-n", "10"]
     bridge = next(n for n in desc.nodes if n.executable == "sim_bridge")
     assert node_command(bridge)[0] == sys.executable
+
+
+def test_the_recorder_records_the_flight_topics_of_every_enabled_drone_of_the_fleet_file(ros_context, tmp_path):
+    """sim_snn.launch.yaml's recorder, as started (its parameters from the launch file, the rest
+    the node's defaults), records topics.FLIGHT_TOPICS of each enabled drone of the fleet file,
+    whatever its drones are called: the launch file names neither the drones nor the topics."""
+    from rclpy.parameter import Parameter
+
+    from snn_controller.ros.flight_recorder import FlightRecorder
+
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("robots:\n  alpha: {}\n  beta: {initial_position: [1, 0, 0]}\n  gamma: {enabled: false}\n")
+    desc = parse_launch("sim_snn.launch.yaml", {"record": "true", "crazyflies": str(fleet),
+                                                "bag": str(tmp_path / "bag")})
+    spec = next(n for n in desc.nodes if n.executable == "flight_recorder")
+    overrides = [Parameter(name, value=yaml.safe_load(value)) for name, value in spec.parameters]
+    recorder = FlightRecorder(context=ros_context, parameter_overrides=overrides)
+    try:
+        assert recorder.wanted == ["/diagnostics", "/mission/status",
+                                   *(f"/{name}/{t}" for name in ("alpha", "beta") for t in FLIGHT_TOPICS)]
+    finally:
+        recorder.destroy_node()
+    # the subset: the flight without pose and imu (they repeat odom), named once in topics.py
+    assert set(FLIGHT_TOPICS) == set(DRONE_TOPICS) - {"pose", "imu"}

@@ -156,3 +156,15 @@ def test_lockstep_advances_only_with_commands(processes, probe, one_drone_fleet)
     probe.spin_for(1.0)  # no commands: the simulation must wait
     assert probe.odom[-1][0] == pytest.approx(t_stop, abs=1e-9), "lockstep advanced without commands"
     assert probe.position()[2] > 0.05, "50 steps of high thrust should have lifted the drone"
+
+
+def test_sim_bridge_and_pid_controller_take_the_drone_model_from_the_fleet_file(processes, probe, tmp_path):
+    """No drone parameter: both nodes read all.drone of the fleet file (their logs name the model)."""
+    fleet = tmp_path / "cf2x_fleet.yaml"
+    fleet.write_text("all: {drone: cf2x}\nrobots:\n  cf1: {}\n")
+    processes.start(SIM, "-p", f"crazyflies:={fleet}", "-p", "mode:=realtime")
+    processes.start(PID, "-p", f"crazyflies:={fleet}", "-p", "takeoff_height:=0.5")
+    logs = processes.logs
+    started = probe.spin_until(lambda: "simulating ['cf1'] (cf2x)" in logs() and "flying ['cf1'] (cf2x)" in logs(), 30)
+    assert started, logs()
+    assert probe.spin_until(lambda: probe.odom and probe.position()[2] > 0.4, 30), logs()

@@ -144,3 +144,31 @@ def test_failsafe_on_nan_and_stale_odometry(processes, snn_probe):
     assert probe.policy_status["last_fault"] == "odometry older than 0.1 s"
     assert stream_until(lambda: probe.policy_status.get("flying") == "network", 4), "network back after stale"
     assert processes.procs[0][1].poll() is None, processes.logs()
+
+
+def test_the_drone_model_is_the_model_files_and_a_fleet_of_another_drone_is_refused(tmp_path):
+    from snn_controller.config import ConfigError
+    from snn_controller.ros.snn_policy import model_drone
+
+    cf21, cf2x = tmp_path / "cf21.yaml", tmp_path / "cf2x.yaml"
+    cf21.write_text("all: {drone: cf21}\nrobots:\n  cf1: {}\n")
+    cf2x.write_text("all: {drone: cf2x}\nrobots:\n  cf1: {}\n")
+    assert model_drone(MODEL) == model_drone(MODEL, str(cf21)) == model_drone(MODEL, "", "cf21") == "cf21"
+    with pytest.raises(ConfigError) as refused:
+        model_drone(MODEL, str(cf2x))
+    message = str(refused.value)  # names both files and both drones, and the remedy
+    assert str(cf2x) in message and str(MODEL) in message and "'cf2x'" in message and "'cf21'" in message
+    assert f"set all.drone: cf21 in {cf2x}" in message
+    with pytest.raises(ConfigError, match="parameter drone is 'cf2x'.*trained for 'cf21'"):
+        model_drone(MODEL, str(cf21), "cf2x")
+
+
+def test_snn_policy_exits_on_a_fleet_of_another_drone_than_its_models(processes, tmp_path):
+    """Not silently: sim_bridge would simulate the fleet's drone, the network was trained for another."""
+    fleet = tmp_path / "cf2x_fleet.yaml"
+    fleet.write_text("all: {drone: cf2x}\nrobots:\n  cf1: {}\n")
+    node = processes.start(SNN, "-p", f"crazyflies:={fleet}", "-p", f"model:={MODEL}")
+    assert node.wait(60) == 2, processes.logs()
+    log = processes.logs()
+    assert f"error: the fleet file {fleet} flies drone 'cf2x' (all.drone), but the model file {MODEL} was " \
+           "trained for 'cf21'" in log, log

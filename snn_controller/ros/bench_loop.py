@@ -18,7 +18,7 @@ def bench_loop(model: str | None = None, rates=(100.0, 500.0), seconds: float = 
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import JointState
 
-    from . import qos
+    from . import qos, topics
     from .conversions import stamp_ns, time_from_ns
 
     cmd = [sys.executable, "-m", "snn_controller.ros.snn_policy", "--ros-args", "-r", "__ns:=/bench"]
@@ -41,8 +41,9 @@ def bench_loop(model: str | None = None, rates=(100.0, 500.0), seconds: float = 
         if sent_at is not None:
             latencies.append(time.perf_counter() - sent_at)
 
-    pub = node.create_publisher(Odometry, "/bench/odom", qos.STATE)
-    node.create_subscription(JointState, "/bench/cmd_motors_stamped", on_cmd, qos.COMMAND)
+    odom, cmd = topics.drone_topic("bench", topics.ODOM), topics.drone_topic("bench", topics.CMD_MOTORS_STAMPED)
+    pub = node.create_publisher(Odometry, odom, qos.STATE)
+    node.create_subscription(JointState, cmd, on_cmd, qos.COMMAND)
     msg = Odometry()
     msg.header.frame_id, msg.child_frame_id = "world", "bench"
     msg.pose.pose.position.z = 1.0
@@ -50,7 +51,7 @@ def bench_loop(model: str | None = None, rates=(100.0, 500.0), seconds: float = 
     result = {"model": model or "shipped", "seconds_per_rate": seconds}
     try:
         deadline = time.monotonic() + 30
-        while pub.get_subscription_count() == 0 or node.count_publishers("/bench/cmd_motors_stamped") == 0:
+        while pub.get_subscription_count() == 0 or node.count_publishers(cmd) == 0:
             executor.spin_once(timeout_sec=0.05)
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("snn_policy did not come up: " + (proc.stderr.read() if proc.poll() else "timeout"))

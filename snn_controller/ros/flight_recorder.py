@@ -6,7 +6,9 @@ shutdown. Topics are resolved relative to the node's namespace like any other na
 
 Parameters: ``topics`` (recorded as given), ``crazyflies`` (a fleet file; '' = none: with one,
 also /<name>/<t> for every enabled drone <name> and every ``drone_topics`` entry t),
-``drone_topics``, ``output`` (bag directory), ``overwrite``.
+``drone_topics`` (default topics.FLIGHT_TOPICS: odom, the commands and the goal; pose and imu
+repeat odom, add them for a full record: topics.DRONE_TOPICS), ``output`` (bag directory),
+``overwrite``.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from ..io.bag import BagWriter
 from ..sim.fleet import load_fleet
 from . import qos
 from .node_main import run
-
-DRONE_TOPICS = ("odom", "pose", "imu", "cmd_motors_stamped", "cmd_motors", "goal_pose")
+from .topics import FLIGHT_TOPICS, drone_topic
 
 
 def message_class(msgtype: str):
@@ -29,20 +30,20 @@ def message_class(msgtype: str):
     return getattr(importlib.import_module(f"{package}.{kind}"), name)
 
 
-def recorded_topics(topics, fleet_file: str, drone_topics) -> list[str]:
+def recorded_topics(topics, fleet_file: str, drone_topics=FLIGHT_TOPICS) -> list[str]:
     """``topics``, plus /<name>/<t> for every enabled drone of ``fleet_file`` ('' = none) and t in ``drone_topics``."""
     if not fleet_file:
         return list(topics)
-    return [*topics, *(f"/{name}/{t}" for name in load_fleet(fleet_file).enabled_robots() for t in drone_topics)]
+    return [*topics, *(drone_topic(name, t) for name in load_fleet(fleet_file).enabled_robots() for t in drone_topics)]
 
 
 class FlightRecorder(Node):
-    def __init__(self):
-        super().__init__("flight_recorder")
+    def __init__(self, **kwargs):
+        super().__init__("flight_recorder", **kwargs)
         self.declare_parameter("output", "flight_bag")  # bag directory to create
         self.declare_parameter("topics", ["/clock"])  # topics to record
         self.declare_parameter("crazyflies", "")  # fleet file: also record drone_topics of each drone
-        self.declare_parameter("drone_topics", list(DRONE_TOPICS))  # per-drone topics, under /<name>/
+        self.declare_parameter("drone_topics", list(FLIGHT_TOPICS))  # per-drone topics, under /<name>/
         self.declare_parameter("overwrite", False)  # replace an existing bag directory
         output, topics, fleet_file, drone_topics, overwrite = (self.get_parameter(n).value for n in (
             "output", "topics", "crazyflies", "drone_topics", "overwrite"))

@@ -150,7 +150,11 @@ def _node(body, values, namespace, where) -> NodeSpec:
             files.append(sub(p["from"]))
         elif "name" in p and "value" in p:
             value = p["value"]
-            params.append((p["name"], sub(value) if isinstance(value, str) else _yaml_text(value)))
+            text = sub(value) if isinstance(value, str) else _yaml_text(value)
+            if not text.strip():  # rcl and ros2 launch refuse an empty value; '' is the empty string
+                raise ConfigError(f"{where}: parameter '{p['name']}' of {body.get('exec')} is empty: "
+                                  "write '' for an empty string (name:=\"''\" on a command line)")
+            params.append((p["name"], text))
         else:
             raise ConfigError(f"{where}: a node param needs 'name' and 'value', or 'from'")
     remaps = tuple((sub(r["from"]), sub(r["to"])) for r in body.get("remap", []) or [])

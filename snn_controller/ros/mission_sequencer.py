@@ -22,7 +22,7 @@ from std_msgs.msg import String
 
 from ..sim.fleet import load_fleet
 from ..task.mission import load_mission, take_off_points
-from . import qos
+from . import qos, topics
 from .conversions import NS_PER_S, stamp_ns
 from .node_main import run
 
@@ -43,7 +43,8 @@ class MissionSequencer(Node):
         self.mission = load_mission(mission)
         robots = load_fleet(fleet or None).enabled_robots()
         self.homes = take_off_points(robots)
-        self.pubs = {name: self.create_publisher(PoseStamped, f"/{name}/goal_pose", qos.LATCHED) for name in robots}
+        self.pubs = {name: self.create_publisher(PoseStamped, topics.drone_topic(name, topics.GOAL_POSE),
+                                                 qos.LATCHED) for name in robots}
         self.status_pub = self.create_publisher(String, "/mission/status", qos.LATCHED)
         self.start_ns = self.last_ns = None  # sim time of mission t = 0; of the last goal update
         self.create_subscription(Clock, "/clock", self.on_clock, qos.CLOCK)

@@ -19,7 +19,7 @@ from nav_msgs.msg import Odometry
 from rclpy.node import Node
 from std_msgs.msg import String
 
-from . import qos
+from . import qos, topics
 from .conversions import NS_PER_S, odometry_arrays, stamp_ns
 
 AGE_KEYS = ("p50", "p99", "max")
@@ -37,7 +37,8 @@ class FleetMonitor(Node):
         self.flying = {name: [] for name in names}  # (sim time, the network flies) from snn_policy
         self.first_crash = {name: None for name in names}  # {"time": sim time, "reason"} from sim_bridge
         for name in names:
-            self.create_subscription(Odometry, f"/{name}/odom", lambda m, n=name: self._on_odom(n, m), qos.STATE)
+            self.create_subscription(Odometry, topics.drone_topic(name, topics.ODOM),
+                                     lambda m, n=name: self._on_odom(n, m), qos.STATE)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, qos.STATE)
         self.mission_start = None  # sim time of mission t = 0, from mission_sequencer's /mission/status
         self.create_subscription(String, "/mission/status", self._on_mission_status, qos.LATCHED)

@@ -11,7 +11,9 @@ Until a goal arrives it holds ``takeoff_height`` above the first odometry positi
 
 Parameters: ``crazyflies`` (fleet file; '' = fly the one drone of the node's namespace, relative
 topics; else every enabled drone <name> of the file on /<name>/odom, /<name>/goal_pose,
-/<name>/cmd_motors_stamped), ``drone``, ``gains``, ``rate``, ``takeoff_height``.
+/<name>/cmd_motors_stamped), ``drone`` (the drone model; '' = the fleet file's ``all.drone``, or
+without a fleet file the package's config/crazyflies.yaml's, as sim_bridge), ``gains``, ``rate``,
+``takeoff_height``. Topic names: topics.py.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from ..control.handover import SupervisedPolicy
 from ..control.pid import PIDController, load_pid_gains
 from ..control.pilot import StampedPilot
 from ..sim.drone import load_drone
-from ..sim.fleet import controlled_drones
-from . import qos
+from ..sim.fleet import controlled_drones, load_fleet
+from . import qos, topics
 from .conversions import motor_command_msg, odometry_arrays, pose_target, stamp_ns
 from .node_main import run
 
@@ -36,7 +38,7 @@ class PIDControllerNode(Node):
     def __init__(self):
         super().__init__("pid_controller")
         self.declare_parameter("crazyflies", "")  # fleet file: fly all its drones; '' = the namespace's drone
-        self.declare_parameter("drone", "cf21")  # drone model name or path
+        self.declare_parameter("drone", "")  # drone model name or path; '' = the fleet file's all.drone
         self.declare_parameter("gains", "")  # PID gains YAML; '' = config/controllers/pid.yaml
         self.declare_parameter("rate", 100.0)  # Hz, the odometry (control) rate
         self.declare_parameter("takeoff_height", 0.5)  # m above the start, held until a goal arrives
@@ -44,19 +46,20 @@ class PIDControllerNode(Node):
             "crazyflies", "drone", "gains", "rate", "takeoff_height"))
         if rate <= 0:
             raise ValueError(f"parameter rate must be > 0, got {rate}")
-        model, gains = load_drone(drone), load_pid_gains(gains_file or None)
+        model = load_drone(drone or load_fleet(fleet_file or None).all.drone)
+        gains = load_pid_gains(gains_file or None)
         self.rejected = 0
         self.pilots, self.cmd_pubs = {}, {}
         for name, prefix in controlled_drones(fleet_file, self.get_namespace()).items():
             # the PID behind the deployed controller's failsafe (no network): a non-finite state is refused
             controller = SupervisedPolicy(None, PIDController(model, 1, dt=1.0 / rate, gains=gains))
             self.pilots[name] = StampedPilot(controller, takeoff_height)
-            self.cmd_pubs[name] = self.create_publisher(JointState, prefix + "cmd_motors_stamped", qos.COMMAND)
-            self.create_subscription(Odometry, prefix + "odom", lambda m, n=name: self.on_odom(n, m),
+            self.cmd_pubs[name] = self.create_publisher(JointState, prefix + topics.CMD_MOTORS_STAMPED, qos.COMMAND)
+            self.create_subscription(Odometry, prefix + topics.ODOM, lambda m, n=name: self.on_odom(n, m),
                                      qos.LATEST_STATE)
-            self.create_subscription(PoseStamped, prefix + "goal_pose", lambda m, n=name: self.on_goal(n, m),
+            self.create_subscription(PoseStamped, prefix + topics.GOAL_POSE, lambda m, n=name: self.on_goal(n, m),
                                      qos.LATCHED)
-        self.get_logger().info(f"flying {list(self.pilots)}")
+        self.get_logger().info(f"flying {list(self.pilots)} ({model.name})")
 
     def on_goal(self, name: str, msg: PoseStamped) -> None:
         goal, yaw = pose_target(msg)

@@ -24,6 +24,9 @@ Crashes (the firmware supervisor's rules, in the core): a hard landing, a ground
 tilted, or tipping over stops the drone's motors until it is reset; a non-finite or runaway state
 is never published (the drone is held at rest on the ground, crashed). Each crash is logged once.
 
+Topic names: topics.py. The fleet (names, initial poses, the drone model ``all.drone``) is the
+crazyflies file; parameter ``drone`` ('' by default) overrides its drone model.
+
 Parameters (declared at the top of SimBridge, with their defaults and units): crazyflies, drone,
 mode, rate, command_timeout, command_delay, command_age_warn, lockstep_resend, lockstep_timeout,
 real_time_factor (lockstep at most this fast against the wall clock; 0: no cap), crash_landing_speed, crash_contact_tilt_deg, crash_tilt_deg, runaway_distance, runaway_speed,
@@ -45,7 +48,7 @@ from std_srvs.srv import Trigger
 
 from ..sim.drone import load_drone
 from ..sim.fleet import CrashLimits, FleetSimulator, load_fleet
-from . import qos
+from . import qos, topics
 from .conversions import imu_msg, odometry_msg, pose_msg, stamp_ns, time_from_ns
 from .node_main import run
 
@@ -56,7 +59,7 @@ class SimBridge(Node):
     def __init__(self):
         super().__init__("sim_bridge")
         self.declare_parameter("crazyflies", "")  # path to crazyflies.yaml; '' = the package's
-        self.declare_parameter("drone", "")  # drone model; '' = crazyflies.yaml's all.drone
+        self.declare_parameter("drone", "")  # drone model; '' = the fleet file's all.drone
         self.declare_parameter("mode", "realtime")  # realtime | lockstep | fast
         self.declare_parameter("rate", 100.0)  # Hz, control rate
         self.declare_parameter("command_timeout", 0.5)  # s of sim time without commands -> motors stop
@@ -106,12 +109,12 @@ class SimBridge(Node):
         self.clock_pub = self.create_publisher(Clock, "/clock", qos.CLOCK)
         self.pubs = {}
         for name in self.sim.names:
-            self.pubs[name] = (self.create_publisher(Odometry, f"{name}/odom", qos.STATE),
-                               self.create_publisher(PoseStamped, f"{name}/pose", qos.STATE),
-                               self.create_publisher(Imu, f"{name}/imu", qos.STATE))
-            self.create_subscription(JointState, f"{name}/cmd_motors_stamped",
+            self.pubs[name] = (self.create_publisher(Odometry, f"{name}/{topics.ODOM}", qos.STATE),
+                               self.create_publisher(PoseStamped, f"{name}/{topics.POSE}", qos.STATE),
+                               self.create_publisher(Imu, f"{name}/{topics.IMU}", qos.STATE))
+            self.create_subscription(JointState, f"{name}/{topics.CMD_MOTORS_STAMPED}",
                                      lambda msg, n=name: self.on_stamped_command(n, msg), qos.COMMAND)
-            self.create_subscription(Float32MultiArray, f"{name}/cmd_motors",
+            self.create_subscription(Float32MultiArray, f"{name}/{topics.CMD_MOTORS}",
                                      lambda msg, n=name: self.on_command(n, msg), qos.COMMAND)
             self.create_service(Trigger, f"{name}/reset", lambda req, res, n=name: self.on_reset(res, n))
             self.create_service(Trigger, f"{name}/emergency", lambda req, res, n=name: self.on_emergency(res, n))
@@ -131,10 +134,10 @@ class SimBridge(Node):
     # --- callbacks ---------------------------------------------------------------------
     def on_stamped_command(self, name: str, msg: JointState) -> None:
         self.take_command(name, msg.effort, self.sim.step_of_stamp(stamp_ns(msg.header.stamp)),
-                          "cmd_motors_stamped")
+                          topics.CMD_MOTORS_STAMPED)
 
     def on_command(self, name: str, msg: Float32MultiArray) -> None:
-        self.take_command(name, msg.data, None, "cmd_motors")
+        self.take_command(name, msg.data, None, topics.CMD_MOTORS)
 
     def take_command(self, name: str, values, step, topic: str) -> None:
         status = self.sim.submit(name, values, stamp=step)

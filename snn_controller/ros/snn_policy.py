@@ -18,7 +18,12 @@ state_copies (copies of a state answered again without stepping the network).
 Parameters: ``crazyflies`` (fleet file; '' = fly the one drone of the node's namespace, relative
 topics; else every enabled drone <name> of the file on /<name>/odom, /<name>/goal_pose,
 /<name>/cmd_motors_stamped, one network and guide per drone), ``model``, ``drone``,
-``warmup_steps``, ``odom_timeout``, ``envelope``, ``takeoff_height``, ``guide_gains``.
+``warmup_steps``, ``odom_timeout``, ``envelope``, ``takeoff_height``, ``guide_gains``. Topic
+names: topics.py.
+
+The drone model is the model file's (its manifest's ``drone``): the node refuses to start when the
+fleet file's ``all.drone``, or a ``drone`` parameter given, names another drone (sim_bridge would
+simulate that one). ``drone`` '' (the default) = the model's.
 """
 
 from __future__ import annotations
@@ -35,18 +40,36 @@ from rclpy.publisher import Publisher
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 
-from ..config import package_root
+from ..config import ConfigError, package_root
 from ..control.handover import SupervisedPolicy
 from ..control.pid import PIDController, load_pid_gains
 from ..control.pilot import StampedPilot
+from ..io.model_file import load_model
 from ..networks.spiking_numpy import NumpySpikingActor
 from ..sim.drone import load_drone
-from ..sim.fleet import controlled_drones
-from . import qos
+from ..sim.fleet import controlled_drones, load_fleet
+from . import qos, topics
 from .conversions import motor_command_msg, odometry_arrays, pose_target, stamp_ns
 from .node_main import run
 
 DEFAULT_MODEL = "models/td3bc_jsrl_cf21.safetensors"
+
+
+def model_drone(model_file, fleet_file: str = "", drone: str = "") -> str:
+    """The drone the model file was trained for (its manifest's ``drone``). Refuses a ``drone``
+    parameter, or else a fleet file's ``all.drone``, that names another: the network would fly a
+    drone it was never trained for."""
+    trained_for = load_model(model_file)[1]["drone"]
+    if drone:  # an override of the fleet file's drone (the launch files pass it to sim_bridge too)
+        told, remedy = f"parameter drone is '{drone}'", "leave drone '' (the model's drone)"
+    elif fleet_file:
+        drone = load_fleet(fleet_file).all.drone
+        told, remedy = f"the fleet file {fleet_file} flies drone '{drone}' (all.drone)", \
+            f"set all.drone: {trained_for} in {fleet_file}"
+    if drone and drone != trained_for:
+        raise ConfigError(f"{told}, but the model file {model_file} was trained for '{trained_for}': {remedy}, "
+                          f"or give a model trained for {drone}")
+    return trained_for
 
 
 @dataclass
@@ -63,7 +86,7 @@ class SNNPolicyNode(Node):
         super().__init__("snn_policy")
         self.declare_parameter("crazyflies", "")  # fleet file: fly all its drones; '' = the namespace's drone
         self.declare_parameter("model", "")  # model file; '' = the shipped models/td3bc_jsrl_cf21.safetensors
-        self.declare_parameter("drone", "cf21")  # must match the model's drone
+        self.declare_parameter("drone", "")  # '' = the model's drone; else it must be the model's
         self.declare_parameter("warmup_steps", 50)  # guide steps before the network flies (0: no handover)
         self.declare_parameter("odom_timeout", 0.1)  # s without odometry -> failsafe
         self.declare_parameter("envelope", 0.5)  # m; farther from the goal on any axis, the guide flies
@@ -73,6 +96,7 @@ class SNNPolicyNode(Node):
             self.get_parameter(n).value for n in ("crazyflies", "model", "drone", "warmup_steps", "odom_timeout",
                                                   "envelope", "takeoff_height", "guide_gains"))
         model_file = model or package_root() / DEFAULT_MODEL
+        drone = model_drone(model_file, fleet_file, drone)
         drone_model, guide_gains = load_drone(drone), load_pid_gains(gains or None)
         self.drones: dict[str, FlownDrone] = {}
         for name, prefix in controlled_drones(fleet_file, self.get_namespace()).items():
@@ -81,10 +105,10 @@ class SNNPolicyNode(Node):
             policy = SupervisedPolicy(network, guide, warmup_steps=warmup, envelope=envelope)
             pilot = StampedPilot(policy, takeoff_height)
             self.drones[name] = FlownDrone(policy, pilot, self.create_publisher(
-                JointState, prefix + "cmd_motors_stamped", qos.COMMAND))
-            self.create_subscription(Odometry, prefix + "odom", lambda m, n=name: self.on_odom(n, m),
+                JointState, prefix + topics.CMD_MOTORS_STAMPED, qos.COMMAND))
+            self.create_subscription(Odometry, prefix + topics.ODOM, lambda m, n=name: self.on_odom(n, m),
                                      qos.LATEST_STATE)
-            self.create_subscription(PoseStamped, prefix + "goal_pose", lambda m, n=name: self.on_goal(n, m),
+            self.create_subscription(PoseStamped, prefix + topics.GOAL_POSE, lambda m, n=name: self.on_goal(n, m),
                                      qos.LATCHED)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos.STATE)
         self.create_service(Trigger, "~/reset", self.on_reset)

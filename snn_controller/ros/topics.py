@@ -1,0 +1,22 @@
+"""The per-drone topic names, written once: every node, the monitor and the recorder use this table.
+
+A drone <name> of the fleet file has its topics under its namespace: /<name>/odom, ... A node
+that flies the one drone of its own namespace uses the bare names (relative topics).
+"""
+
+ODOM = "odom"  # nav_msgs/Odometry, sim_bridge -> controllers
+POSE = "pose"  # geometry_msgs/PoseStamped, sim_bridge
+IMU = "imu"  # sensor_msgs/Imu, sim_bridge
+CMD_MOTORS_STAMPED = "cmd_motors_stamped"  # sensor_msgs/JointState, controllers -> sim_bridge
+CMD_MOTORS = "cmd_motors"  # std_msgs/Float32MultiArray, unstamped, your controller -> sim_bridge
+GOAL_POSE = "goal_pose"  # geometry_msgs/PoseStamped, mission_sequencer or you -> controllers
+
+DRONE_TOPICS = (ODOM, POSE, IMU, CMD_MOTORS_STAMPED, CMD_MOTORS, GOAL_POSE)
+# What flight_recorder records of each drone by default: the flight, without pose and imu (they
+# repeat odom), which halves the recorder's load on a 2-core machine.
+FLIGHT_TOPICS = (ODOM, CMD_MOTORS_STAMPED, CMD_MOTORS, GOAL_POSE)
+
+
+def drone_topic(name: str, topic: str) -> str:
+    """The absolute name of a drone's topic: /<name>/<topic>."""
+    return f"/{name}/{topic}"
