@@ -76,3 +76,32 @@ def test_guide_flies_outside_the_trained_envelope():
     assert [sup(O(far))[0, 0] for _ in range(5)] == [-0.5] * 5
     near = np.zeros(18)
     assert [sup(O(near))[0, 0] for _ in range(3)] == [-0.5, -0.5, 0.5], "network after warm-up inside"
+
+
+def test_a_nan_drone_in_a_batch_gets_nan_and_leaves_the_others_flying():
+    """Two drones, one with a non-finite observation: it gets a NaN row and a fresh warm-up, the
+    other keeps its network, and the stand-in zeros leave no state behind."""
+    net, guide = Const(0.5), Const(-0.5)
+    sup = SupervisedPolicy(net, guide, warmup_steps=2)
+    obs = np.zeros((2, 18))
+    for _ in range(3):
+        sup(O(obs))
+    bad = obs.copy()
+    bad[1, 4] = np.nan
+    action = sup(O(bad))
+    assert action[0, 0] == 0.5 and np.isnan(action[1]).all()
+    assert sup.handover.steps.tolist() == [4, 0] and sup.status()["invalid_observations"] == 1
+    assert sup(O(obs))[:, 0].tolist() == [0.5, -0.5], "the faulted drone warms up again"
+
+
+def test_the_handover_labels_every_step_with_the_guide_when_asked():
+    net, guide = Const(0.5), Const(-0.5)
+    handover = Handover(net, guide, guide_steps=1, label=True)
+    obs = O(np.zeros((2, 18)))
+    handover(obs)
+    assert handover(obs)[:, 0].tolist() == [0.5, 0.5], "the network flies after one guide step"
+    assert handover.guide_action[:, 0].tolist() == [-0.5, -0.5] and guide.calls == 2
+    unlabelled = Handover(Const(0.5), Const(-0.5), guide_steps=1)
+    unlabelled(obs)
+    unlabelled(obs)
+    assert unlabelled.guide_action is None and unlabelled.guide.calls == 1, "no guide once the network flies"

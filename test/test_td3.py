@@ -527,3 +527,20 @@ def test_each_purpose_of_a_run_has_its_own_seed():
     assert len(set(seeds)) == len(seeds)
     assert config.derived_seed("rollout", 2, 1) == quick_config(seed=3).derived_seed("rollout", 2, 1)
     assert config.derived_seed("networks") != quick_config(seed=4).derived_seed("networks")
+
+
+def test_a_checkpoint_from_before_method_and_task_resumes(tmp_path):
+    """Checkpoints written before ``method:`` and ``task:`` kept the drone, starts and conditions at
+    the top and the method as flags: their config is read in today's keys."""
+    from snn_controller.config import to_dict
+    from snn_controller.train.run import _upgrade
+
+    for method, flags in (("td3bc_jsrl", (True, True)), ("td3", (True, False)), ("bc", (False, False))):
+        config = quick_config(method=method, q_weight=0.0 if method == "bc" else 2.0,
+                              task=T.TaskConfig(start="moderate", latency=T.Latency(action_delay=(0, 2))))
+        old = to_dict(config)
+        task = old.pop("task")
+        old.pop("method")
+        old.update(drone=task["drone"], starts=task["start"], latency=task["latency"],
+                   randomization=task["randomization"], online=flags[0], jump_start=flags[1])
+        assert _upgrade(old) == to_dict(config), method
