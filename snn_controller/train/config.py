@@ -184,14 +184,15 @@ def _resolved(path: Path, seen: tuple = ()) -> dict:
     if path.resolve() in seen:
         raise ConfigError(f"{path}: base: chain loops ({' -> '.join(str(p) for p in (*seen, path))})")
     data = load_yaml(path)
-    for key in sorted(set(data) & set(MOVED)):
-        raise ConfigError(f"{path}: '{key}' is now {MOVED[key]} (see config/train/td3bc_jsrl.yaml)")
+    moved = sorted(set(data) & set(MOVED))
+    if moved:
+        raise ConfigError(f"{path}: '{moved[0]}' is now {MOVED[moved[0]]} (see config/train/td3bc_jsrl.yaml)")
     if "base" not in data:
         return data
     base = data.pop("base")
     if not isinstance(base, str):
         raise ConfigError(f"{path}: base: must be a file name, got {base!r}")
-    base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+    base_path = path.parent / base  # relative to this file (an absolute path stays itself)
     base_data = _resolved(base_path, (*seen, path.resolve()))
     build(TrainConfig, base_data, str(base_path))  # the base must be valid on its own: its errors name its file
     return _merge(base_data, data)
