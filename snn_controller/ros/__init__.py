@@ -17,4 +17,5 @@ NODES = {
     "flight_recorder": "snn_controller.ros.flight_recorder",
     "trainer": "snn_controller.ros.trainer",
     "mission_sequencer": "snn_controller.ros.mission_sequencer",
+    "training_bridge": "snn_controller.ros.training_bridge",
 }

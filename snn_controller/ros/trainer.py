@@ -5,6 +5,10 @@ Runs TD3BC+JSRL (or a baseline, by config) in a worker thread and writes the sam
 ~/progress (std_msgs/String, one JSON object: iteration, env steps, return, survival, slope, stage,
 guide steps, ...) and a status on /diagnostics. Stopping the node (Ctrl-C) ends the run after a
 checkpoint; start it again with resume:=true to continue.
+
+With ``collector: ros`` in the training config the rollouts fly on the training_bridge nodes of
+the ROS domain (sim-in-the-loop, ros/sil.py): the same flight as in process, its physics spread
+over the bridges' processes and machines.
 """
 
 from __future__ import annotations
@@ -47,9 +51,15 @@ class TrainerNode(Node):
     def train(self) -> None:
         from ..train.run import train
 
+        pool = None
         try:
+            if self.config.collector == "ros":
+                from .sil import BridgePool
+
+                pool = BridgePool(context=self.context, log=self.get_logger().warning)
             self.result = train(self.config, self.out, resume=self.resume, log=self.get_logger().info,
-                                progress_bar=False, on_iteration=self.on_iteration, should_stop=self.stop.is_set)
+                                progress_bar=False, on_iteration=self.on_iteration, should_stop=self.stop.is_set,
+                                engine_factory=pool)
             state = "stopped, resumable" if self.result.get("stopped") else "finished"
             self.publish({"state": state, "iterations": self.result["iterations"], **{
                 f"final_{k}_return": v["return_mean"] for k, v in self.result["evaluation"].items()}})
@@ -57,6 +67,9 @@ class TrainerNode(Node):
         except Exception as exc:  # report the failure on the topic and the log; the files stay resumable
             self.publish({"state": "failed", "error": str(exc)})
             self.get_logger().error(f"training failed: {exc}")
+        finally:
+            if pool is not None:
+                pool.close()
 
     def on_iteration(self, row: dict) -> None:
         self.publish({"state": "training", **row})

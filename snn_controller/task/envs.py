@@ -40,6 +40,8 @@ class FlightEnv:
         engine_options: passed to the engine (substeps, gui, compile, ground_effect, drag, ...).
         target_fn: ``(t (N,) [s]) -> (position (N, 3), velocity (N, 3))`` replaces ``config.target``
             (a mission's goals).
+        engine_factory: builds the engine in place of :func:`~snn_controller.sim.engines.make_engine`,
+            with the same arguments (sim-in-the-loop training: the engine runs in bridge processes).
 
     ``step`` returns ``(obs, reward, terminated, truncated, info)``; ``info["episodes"]`` lists the
     statistics of episodes that ended in this step (see :meth:`_episode_stats`), and with
@@ -48,7 +50,7 @@ class FlightEnv:
 
     def __init__(self, config: T.TaskConfig, n: int = 1, engine: str = "batched", seed: int | None = None,
                  autoreset: bool = True, dtype: torch.dtype = torch.float32, engine_options: dict | None = None,
-                 target_fn=None):
+                 target_fn=None, engine_factory=None):
         self.config, self.n, self.autoreset = config, n, autoreset
         self.target_fn = target_fn or (lambda t: T.target_at(config.target, t))
         self.model = load_drone(config.drone)
@@ -61,7 +63,7 @@ class FlightEnv:
             options.setdefault("dtype", dtype)
         self.dtype = dtype
         self.engine_kind = engine
-        self.engine = make_engine(engine, self.model, n, dt=config.dt, **options)
+        self.engine = (engine_factory or make_engine)(engine, self.model, n, dt=config.dt, **options)
         # Each drone flies in its own task frame: copies sit 2 m apart on x in pybullet's shared world.
         self.origin = torch.zeros(n, 3, dtype=torch.float64)
         if engine == "pybullet":

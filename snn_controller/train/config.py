@@ -60,7 +60,9 @@ class TrainConfig:
     # termination, latency and randomisation (snn_controller/task/spec.py: TaskConfig)
     task: T.TaskConfig = field(default_factory=T.TaskConfig)
     # --- rollouts
-    num_drones: int = 64  # parallel drones (one episode each per iteration)
+    collector: Literal["inprocess", "ros"] = "inprocess"  # where the physics of rollouts runs: this process,
+    # or training_bridge nodes over ROS 2 (the trainer node; ros/sil.py): the same flight either way
+    num_drones: int = 64  # parallel drones (one episode each per iteration; over ROS at most what the bridges serve)
     exploration_std: float = 0.05  # Gaussian noise on the actor's actions while collecting (then clipped)
     offline_rollouts: int = 4  # offline methods: guide rollouts collected at the start
     compile_engine: bool = False  # torch.compile the batched engine (faster rollouts, ~20 s to compile)

@@ -75,10 +75,14 @@ def collect(env: FlightEnv, actor, guide, buffer: SequenceBuffer, config: TrainC
             controller.reset(done)
             _tell_guide_the_delay(guide, env, c, done)  # the new episodes' delays
         obs = next_obs
-    buffer.add(rollout, episode_start)
-    finished = [e for e in episodes if e["length"] > 0 and not demo[e["drone"]]]  # the actor's episodes
+    # Drones whose simulator went away mid-rollout (a training bridge dropped): their episodes are
+    # incomplete, so none of their steps enter the buffer.
+    lost = getattr(env.engine, "lost", np.zeros(n, dtype=bool))
+    buffer.add({k: v[:, ~lost] for k, v in rollout.items()}, episode_start[:, ~lost])
+    finished = [e for e in episodes if e["length"] > 0 and not demo[e["drone"]] and not lost[e["drone"]]]
     return {"train_return": float(np.mean([e["return"] for e in finished])) if finished else float("nan"),
-            "train_survival": float(np.mean([e["survived"] for e in finished])) if finished else float("nan")}
+            "train_survival": float(np.mean([e["survived"] for e in finished])) if finished else float("nan"),
+            "drones": int((~lost).sum())}
 
 
 def _tell_guide_the_delay(guide, env: FlightEnv, config: TrainConfig, mask=None) -> None:

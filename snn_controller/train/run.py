@@ -44,10 +44,18 @@ from .schedules import SlopeScheduler, bc_weight, curriculum_stage, guide_steps
 
 
 class Trainer:
-    """Owns the algorithm, the buffer, one environment and the guide; ``run()`` trains with checkpoints."""
+    """Owns the algorithm, the buffer, one environment and the guide; ``run()`` trains with checkpoints.
 
-    def __init__(self, config: TrainConfig, out_dir: str | os.PathLike, log=print):
+    ``engine_factory``: builds the rollouts' engine in place of ``make_engine`` (``collector: ros``:
+    a :class:`~snn_controller.ros.sil.BridgePool`, whose ``available(n)`` says how many drones the
+    bridges alive now can fly; the environment follows it from iteration to iteration).
+    """
+
+    def __init__(self, config: TrainConfig, out_dir: str | os.PathLike, log=print, engine_factory=None):
         c = self.config = config
+        if c.collector == "ros" and engine_factory is None:
+            raise ConfigError("collector: ros flies the rollouts on training_bridge nodes: train with the trainer "
+                              "node (snnctl launch sil_train.launch.yaml), or set collector: inprocess")
         self.out_dir, self.log = Path(out_dir), log
         torch.set_num_threads(c.threads)
         torch.manual_seed(c.derived_seed("networks"))
@@ -57,14 +65,12 @@ class Trainer:
                   "terminated": (), "next_obs": (c.obs_dim,), "next_critic_obs": (T.PRIVILEGED_OBS_DIM,)}
         if c.bc_target == "guide":
             fields["guide_action"] = (4,)
-        task = c.task
         # a crashed episode is kept once it outlasts the warm-up: then the actor has a step to learn on
-        self.buffer = SequenceBuffer(c.buffer_steps, task.episode_steps, fields, c.window, c.stride,
+        self.buffer = SequenceBuffer(c.buffer_steps, c.task.episode_steps, fields, c.window, c.stride,
                                      min_steps=c.warmup_steps + 1)
-        self.env = FlightEnv(task, c.num_drones, engine="batched", seed=c.derived_seed("environment"),
-                             autoreset=True, dtype=torch.float32, engine_options={"compile": c.compile_engine})
-        guide = c.rollout_guide
-        self.guide = None if guide == "none" else make_guide(guide, task.drone, c.num_drones, task.dt)
+        self.engine_factory = engine_factory
+        self.env = None
+        self._fleet(self._drones_available())
         self.iteration = 0  # next iteration to run
         self.env_steps = 0  # drone-steps collected
         self.history: list[dict] = []
@@ -76,10 +82,31 @@ class Trainer:
     def actor(self):
         return self.td3.actor
 
+    def _fleet(self, n: int) -> None:
+        """The rollouts' environment and guide for ``n`` drones (a new one when the drones change)."""
+        c = self.config
+        if self.env is not None:
+            self.env.close()
+        self.env = FlightEnv(c.task, n, engine="batched", seed=c.derived_seed("environment"), autoreset=True,
+                             dtype=torch.float32, engine_options={"compile": c.compile_engine},
+                             engine_factory=self.engine_factory)
+        guide = c.rollout_guide
+        self.guide = None if guide == "none" else make_guide(guide, c.task.drone, n, c.task.dt)
+
+    def _drones_available(self) -> int:
+        """``num_drones``, or as many of them as the training bridges alive now serve."""
+        if hasattr(self.engine_factory, "available"):
+            return self.engine_factory.available(self.config.num_drones)
+        return self.config.num_drones
+
     def collect(self, guide_steps_now: int, stage: int, seed: int, explore: bool = True) -> dict:
+        if self.engine_factory is not None:  # bridges may have gone or joined since the last rollout
+            n = self._drones_available()
+            if n != self.env.n or getattr(self.env.engine, "lost", np.zeros(1, bool)).any():
+                self._fleet(n)
         stats = collect(self.env, self.td3.actor, self.guide, self.buffer, self.config, guide_steps_now, stage,
                         seed, explore)
-        self.env_steps += self.env.config.episode_steps * self.env.n
+        self.env_steps += self.env.config.episode_steps * stats["drones"]
         return stats
 
     def evaluate(self, episodes: int | None = None, starts: str | None = None, stage: int | None = None,
@@ -286,12 +313,12 @@ def _write_progress(path: Path, rows: list[dict]) -> None:
 
 
 def train(config: TrainConfig, out_dir, resume: bool = False, log=print, progress_bar: bool = True,
-          on_iteration=None, should_stop=None) -> dict:
+          on_iteration=None, should_stop=None, engine_factory=None) -> dict:
     """Train (or continue) a run in ``out_dir``: checkpoint.pt, progress.csv, tensorboard/, final and best models."""
     out_dir = Path(out_dir)
     if (out_dir / "checkpoint.pt").exists() and not resume:
         raise ConfigError(f"{out_dir} already holds a run: pass --resume to continue it, or choose another --out")
-    trainer = Trainer(config, out_dir, log=log)
+    trainer = Trainer(config, out_dir, log=log, engine_factory=engine_factory)
     if resume and trainer.load_checkpoint():
         log(f"resumed {out_dir} at iteration {trainer.iteration}/{config.iterations}")
     out_dir.mkdir(parents=True, exist_ok=True)
