@@ -102,6 +102,21 @@ def cmd_bench_loop(args) -> int:
     return 0
 
 
+def cmd_bench_sil(args) -> int:
+    from .ros.bench_sil import bench_sil
+
+    r = bench_sil(bridges=args.bridges, drones=args.drones)
+    lines = [f"one training rollout of {r['drones']} drones ({r['steps_per_rollout']} env steps), the method's actor, "
+             f"guide and conditions:", f"  in process:  {_fmt_rate(r['inprocess']['env_steps_per_s'])} env steps/s"]
+    for count in args.bridges:
+        x = r[f"{count}_bridges"]
+        lines.append(f"  {count} bridge(s): {_fmt_rate(x['env_steps_per_s'])} env steps/s "
+                     f"({x['ratio_to_inprocess']:.2f}x in process); time: trainer {x['share_trainer']:.0%}, "
+                     f"bridge physics {x['share_bridge_physics']:.0%}, transport {x['share_transport']:.0%}")
+    _emit(args, r, "\n".join(lines))
+    return 0
+
+
 def cmd_bag_info(args) -> int:
     from .io.bag import bag_info
 
@@ -409,6 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     bag = sub.add_parser("bag", help="rosbag2 tools").add_subparsers(dest="bag_command", required=True)
     p = add(bag, "info", cmd_bag_info, "topics, types and message counts of a recorded bag")
     p.add_argument("path", help="bag directory")
+
+    p = add(bench, "sil", cmd_bench_sil, "sim-in-the-loop training throughput: in process vs training bridges")
+    p.add_argument("--bridges", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4],
+                   help="numbers of bridges to measure, comma separated (default 1,2,4)")
+    p.add_argument("--drones", type=int, default=64, help="drones per rollout (default: the method's 64)")
 
     p = add(bench, "train", cmd_bench_train, "training throughput: rollouts and sequence updates")
     p.add_argument("--drones", type=int, default=64, help="rollout drones (the training config uses 64)")

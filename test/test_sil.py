@@ -83,3 +83,36 @@ def test_training_drops_a_bridge_that_dies_and_uses_one_that_joins(processes, po
     row = trainer.run_iteration()
     assert row["drones"] == 8 and trainer.buffer.filled == 24, processes.logs()
     assert trainer.buffer.num_windows > 0 and np.isfinite(trainer.buffer.data["obs"][:24]).all()
+
+
+def test_the_launch_file_trains_over_ros_end_to_end(ros_env, tmp_path):
+    """sil_train.launch.yaml: two bridges and the trainer node; the run writes its files, and every
+    iteration flew the drones of both bridges."""
+    import csv
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"name": "tiny", "collector": "ros", "num_drones": 8, "iterations": 2,
+                                      "updates_per_iteration": 2, "batch_size": 4, "eval_every": 1,
+                                      "eval_episodes": 4, "checkpoint_every": 1, "buffer_steps": 10000,
+                                      "actor_hidden": [16, 8], "critic_hidden": [16, 16]}))
+    out, log = tmp_path / "run", open(tmp_path / "launch.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "snn_controller.cli", "launch", "sil_train.launch.yaml",
+                             f"config:={config}", f"out:={out}", "bridge_drones:=4"],
+                            env=ros_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "final.safetensors").exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(30)
+        log.close()
+    text = (tmp_path / "launch.log").read_text()
+    assert (out / "final.safetensors").is_file(), text[-3000:]
+    rows = list(csv.DictReader(open(out / "progress.csv")))
+    assert [int(r["drones"]) for r in rows] == [8, 8], text[-3000:]

@@ -14,8 +14,8 @@ Wire format, one message per bridge and request (batched: a bridge's drones trav
   configure: ``name`` = [the engine spec JSON]; reset and scale: ``velocity`` = drone indices,
   ``position`` = their states (k x 17) or scales (k x 4); step: ``position`` = actions (n x 4).
 - ``/<bridge>/sil/reply`` (sensor_msgs/JointState): the request's ``frame_id`` again,
-  ``position`` = the states (n x 17) after it; ``frame_id`` ``error:<id>`` and ``name`` = [why]
-  when the bridge refused it.
+  ``position`` = the states (n x 17) after it, ``velocity`` = [seconds the bridge spent on it];
+  ``frame_id`` ``error:<id>`` and ``name`` = [why] when the bridge refused it.
 
 A request without a reply after ``resend`` seconds is sent again (the bridge answers a repeated id
 without executing it twice); a bridge silent for ``timeout`` seconds is dropped: its drones are
@@ -25,6 +25,7 @@ iteration flies on the bridges alive then, including any that joined.
 
 from __future__ import annotations
 
+import array
 import json
 import time
 
@@ -37,6 +38,13 @@ from ..sim.engine_server import STATE_SIZE, engine_spec, pack_states, unpack_sta
 from . import qos
 
 INFO, REQUEST, REPLY = "sil/info", "sil/request", "sil/reply"
+
+
+def doubles(values) -> array.array:
+    """float64 values as the array rclpy takes for a float64 sequence without checking each element."""
+    out = array.array("d")
+    out.frombytes(np.ascontiguousarray(values, dtype=np.float64).tobytes())
+    return out
 
 
 class BridgePool:
@@ -127,6 +135,8 @@ class RosEngine:
         self.alive = set(shares)
         self._states = np.zeros((self.n, STATE_SIZE))
         self._id = 0
+        # where a request's time goes: waiting for the replies, of which the slowest bridge's own work
+        self.timing = {"requests": 0, "wait_s": 0.0, "bridge_s": 0.0}
         dtype_name = str(dtype).removeprefix("torch.")
         self._request("configure", {b: {"name": [engine_spec(kind, model, s.stop - s.start, dt, dtype_name, options)]}
                                     for b, s in self.slices.items()}, wait_for_match=True)
@@ -148,7 +158,7 @@ class RosEngine:
 
     def step(self, action):
         actions = np.asarray(torch.as_tensor(action).double())
-        self._request("step", {b: {"position": actions[s].ravel().tolist()} for b, s in self.slices.items()})
+        self._request("step", {b: {"position": doubles(actions[s])} for b, s in self.slices.items()})
         return self.state
 
     def _per_bridge(self, kind: str, rows: np.ndarray, values: np.ndarray) -> None:
@@ -157,8 +167,7 @@ class RosEngine:
         for b, s in self.slices.items():
             mine = (rows >= s.start) & (rows < s.stop)
             if mine.any():
-                payloads[b] = {"velocity": (rows[mine] - s.start).astype(np.float64).tolist(),
-                               "position": values[mine].ravel().tolist()}
+                payloads[b] = {"velocity": doubles(rows[mine] - s.start), "position": doubles(values[mine])}
         self._request(kind, payloads)
 
     def _request(self, kind: str, payloads: dict[str, dict], wait_for_match: bool = False) -> None:
@@ -180,7 +189,7 @@ class RosEngine:
             self._wait_for_subscribers(msgs, start)
         for b, msg in msgs.items():
             self.pubs[b].publish(msg)
-        pending, last_send = set(msgs), start
+        pending, last_send, bridge_s = set(msgs), start, 0.0
         while pending:
             self.pool.executor.spin_once(timeout_sec=0.05)
             for b in list(pending):
@@ -191,7 +200,8 @@ class RosEngine:
                     continue
                 if reply.header.frame_id.startswith("error:"):
                     raise RuntimeError(f"training bridge {b} refused {kind}: {reply.name[0] if reply.name else '?'}")
-                self._states[self.slices[b]] = np.asarray(reply.position).reshape(-1, STATE_SIZE)
+                self._states[self.slices[b]] = np.frombuffer(reply.position, dtype=np.float64).reshape(-1, STATE_SIZE)
+                bridge_s = max(bridge_s, reply.velocity[0] if len(reply.velocity) else 0.0)
                 pending.discard(b)
             now = time.monotonic()
             if pending and now - start > self.pool.timeout:
@@ -202,6 +212,9 @@ class RosEngine:
                 for b in pending:
                     self.pubs[b].publish(msgs[b])
                 last_send = now
+        self.timing["requests"] += 1
+        self.timing["wait_s"] += time.monotonic() - start
+        self.timing["bridge_s"] += bridge_s
 
     def _wait_for_subscribers(self, msgs: dict, start: float) -> None:
         while any(self.pubs[b].get_subscription_count() == 0 for b in msgs) and \

@@ -10,6 +10,7 @@ an iteration.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 from rclpy.node import Node
@@ -19,7 +20,7 @@ from std_msgs.msg import String
 from ..sim.engine_server import EngineServer
 from . import qos
 from .node_main import run
-from .sil import INFO, REPLY, REQUEST
+from .sil import INFO, REPLY, REQUEST, doubles
 
 
 class TrainingBridge(Node):
@@ -39,8 +40,10 @@ class TrainingBridge(Node):
                    (msg.velocity, msg.position) if kind in ("reset", "scale") else msg.position)
         reply = JointState()
         reply.header = msg.header
+        start = time.perf_counter()
         try:
-            reply.position = self.server.handle(kind, msg.header.frame_id, payload).ravel().tolist()
+            reply.position = doubles(self.server.handle(kind, msg.header.frame_id, payload))
+            reply.velocity = [time.perf_counter() - start]  # the physics' share of the round trip [s]
         except (ValueError, RuntimeError, KeyError) as exc:  # a bad request: say why, keep serving
             reply.header.frame_id = "error:" + msg.header.frame_id
             reply.name = [str(exc)]
