@@ -46,6 +46,7 @@ bench: install
 	$(BIN)/snnctl bench sim
 	$(BIN)/snnctl bench policy
 	$(BIN)/snnctl bench loop
+	$(BIN)/snnctl bench sil
 
 clean:
 	rm -rf $(VENV) build install log .pytest_cache

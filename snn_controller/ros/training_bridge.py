@@ -4,7 +4,7 @@ Serves up to ``drones`` drones of the engine the trainer configures (sim/engine_
 ``~/sil/request`` and ``~/sil/reply`` (wire format: ros/sil.py), and announces its capacity on
 ``~/sil/info``. Start as many as the machines have cores, each with its own node name, in one ROS
 domain: the trainer (``collector: ros``) flies its drones on every bridge alive at the start of
-an iteration.
+an iteration. A bridge serves one trainer at a time (a second would take over its engine).
 """
 
 from __future__ import annotations
