@@ -27,7 +27,7 @@ def pool(ros_env):
 
     context = rclpy.Context()
     rclpy.init(context=context)
-    pool = BridgePool(context=context, resend=0.5, timeout=3.0, wait=60.0)
+    pool = BridgePool(context=context, resend=0.5, timeout=3.0, wait=60.0, settle=1.0)
     pool.messages = []
     pool.log = pool.messages.append  # what the pool tells the user
     yield pool

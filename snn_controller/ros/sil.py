@@ -50,17 +50,19 @@ def doubles(values) -> array.array:
 class BridgePool:
     """The training bridges of the ROS domain, as an engine factory (``make_engine``'s arguments).
 
-    ``wait`` [s]: how long :meth:`available` waits for a first bridge before giving up.
+    ``wait`` [s]: how long :meth:`available` waits for a first bridge before giving up; ``settle``
+    [s]: how long it then waits for bridges still starting (a launch starts them with the trainer).
     """
 
-    def __init__(self, context=None, resend: float = 0.5, timeout: float = 5.0, wait: float = 60.0, log=print):
+    def __init__(self, context=None, resend: float = 0.5, timeout: float = 5.0, wait: float = 60.0,
+                 settle: float = 5.0, log=print):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
         self.node = rclpy.create_node("trainer_sil", context=context)
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
-        self.resend, self.timeout, self.wait, self.log = resend, timeout, wait, log
+        self.resend, self.timeout, self.wait, self.settle, self.log = resend, timeout, wait, settle, log
         self.info: dict[str, dict] = {}  # bridge -> its info (capacity, session)
         self.dropped: dict[str, str] = {}  # bridge -> the session that stopped answering
         self._info_subs = {}
@@ -83,7 +85,8 @@ class BridgePool:
         self.dropped[bridge] = self.info[bridge]["session"]
 
     def available(self, requested: int) -> int:
-        """How many of ``requested`` drones the live bridges can fly (waits for a first bridge)."""
+        """How many of ``requested`` drones the live bridges can fly (waits for a first bridge, then
+        briefly for enough of them)."""
         deadline = time.monotonic() + self.wait
         while not (live := self.bridges()):
             if time.monotonic() > deadline:
@@ -91,6 +94,9 @@ class BridgePool:
                                    "sil_train.launch.yaml, or ros2 run snn_controller training_bridge) in this ROS "
                                    "domain")
             time.sleep(0.5)
+        settled = time.monotonic() + self.settle
+        while sum(live.values()) < requested and time.monotonic() < settled:
+            live = self.bridges()
         return min(requested, sum(live.values()))
 
     def __call__(self, kind: str, model, n: int, dt: float, dtype: torch.dtype = torch.float32, **options):
