@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import ConfigError
 from .io.flight_log import NS_PER_S, DroneLog, FlightLog, FlightLogError, read_flight_log
 from .sim.batched_engine import GROUND_CLEARANCE
 from .sim.fleet import REST_HEIGHT
@@ -57,7 +58,7 @@ def mission_of(log: FlightLog, mission: str | Path | None = None) -> Mission | N
         return None
     try:
         return load_mission(log.mission.name)
-    except Exception as exc:  # a mission flown from a file outside config/missions/
+    except ConfigError as exc:  # a mission flown from a file outside config/missions/
         raise FlightLogError(f"{log.path}: mission '{log.mission.name}' of /mission/status is not in "
                              f"config/missions/ ({exc}); give its file with --mission FILE") from exc
 
@@ -86,12 +87,12 @@ def flight_mission_metrics(log: FlightLog, mission: Mission) -> dict:
     goals = np.broadcast_to(goals, positions.shape)
     report = mission_metrics(mission, grid, positions, goals, network if has_network else None, crashes)
     for k, d in enumerate(report["per_drone"]):
-        # each drone's own segments too (mission_metrics of one drone): its reach time per goal
+        # each drone's own segments too (mission_metrics of one drone): its time to reach each goal
         alone = mission_metrics(mission, grid, positions[k:k + 1], goals[k:k + 1],
                                 network[k:k + 1] if has_network else None, crashes[k:k + 1])
         d.update(name=names[k], flew_whole_mission=covered[k], segments=[
-            {key: s[key] for key in ("name", "error_mean", "error_max", "reach_time_mean", "network_share")}
-            for s in alone["segments"]])
+            {"name": s["name"], "error_mean": s["error_mean"], "error_max": s["error_max"],
+             "reach_time": s["reach_time_mean"], "network_share": s["network_share"]} for s in alone["segments"]])
     return report
 
 
@@ -163,6 +164,15 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _legend(ax, **options) -> None:
+    """A legend of what was drawn, or a note that the bag had nothing to draw (a PID flight has no
+    spikes, a bag without diagnostics no command ages)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**options)
+    else:
+        ax.text(0.5, 0.5, "nothing of this in the bag", transform=ax.transAxes, ha="center", color="grey")
+
+
 def _mark_segments(ax, mission: Mission | None, start: float | None, labels: bool = True) -> None:
     """Dotted lines at the mission's segment starts (sim time), with the segments' names."""
     if mission is None or start is None:
@@ -173,7 +183,7 @@ def _mark_segments(ax, mission: Mission | None, start: float | None, labels: boo
             ax.text(start + t, 1.0, f" {name}", transform=ax.get_xaxis_transform(), fontsize=7, va="top", color="grey")
 
 
-def plot_trajectory(log: FlightLog, path: Path) -> Path:
+def plot_trajectory(log: FlightLog, mission, path: Path) -> Path:
     """Top (x-y) and side (x-z) views, each drone's path and its goals."""
     fig, axes = _figure(1, 2, height=4.5, sharex=False)
     for name, d in log.drones.items():
@@ -186,7 +196,7 @@ def plot_trajectory(log: FlightLog, path: Path) -> Path:
     for ax, (title, ylabel) in zip(axes[0], (("top view (dashed: goals)", "y [m]"), ("side view", "z [m]"))):
         ax.set(title=title, xlabel="x [m]", ylabel=ylabel, aspect="equal")
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
+    _legend(axes[0, 0], fontsize=8)
     return _save(fig, path)
 
 
@@ -207,11 +217,11 @@ def plot_position_error(log: FlightLog, mission, path: Path) -> Path:
     _mark_segments(ax, mission, log.mission and log.mission.start)
     ax.set(title="distance to the goal", xlabel="sim time [s]", ylabel="cm")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax, fontsize=8)
     return _save(fig, path)
 
 
-def plot_motor_commands(log: FlightLog, path: Path) -> Path:
+def plot_motor_commands(log: FlightLog, mission, path: Path) -> Path:
     fig, axes = _figure(len(log.drones), 1, height=2.6)
     for ax, (name, d) in zip(axes[:, 0], log.drones.items()):
         c = d.commands
@@ -220,12 +230,12 @@ def plot_motor_commands(log: FlightLog, path: Path) -> Path:
             ax.plot(t, c.values[:, m], lw=0.6, label=f"m{m + 1}")
         ax.set(title=f"{name}: motor commands (at the stamp of the state each answers)", ylabel="[-1, 1]")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=4, loc="lower right")
+        _legend(ax, fontsize=7, ncol=4, loc="lower right")
     axes[-1, 0].set_xlabel("sim time [s]")
     return _save(fig, path)
 
 
-def plot_spikes(log: FlightLog, path: Path) -> Path:
+def plot_spikes(log: FlightLog, mission, path: Path) -> Path:
     fig, axes = _figure()
     ax = axes[0, 0]
     for name, d in log.drones.items():
@@ -235,7 +245,7 @@ def plot_spikes(log: FlightLog, path: Path) -> Path:
     ax.set(title="spikes per step per layer (snn_policy's mean since the network's last reset)",
            xlabel="sim time [s]", ylabel="spikes / step")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax, fontsize=7)
     return _save(fig, path)
 
 
@@ -254,7 +264,7 @@ def plot_who_flies(log: FlightLog, mission, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_command_age(log: FlightLog, path: Path) -> Path:
+def plot_command_age(log: FlightLog, mission, path: Path) -> Path:
     fig, axes = _figure()
     ax = axes[0, 0]
     for name, d in log.drones.items():
@@ -264,18 +274,18 @@ def plot_command_age(log: FlightLog, path: Path) -> Path:
     ax.set(title="command age (sim_bridge: steps from the state answered to the step applied, last 1000 steps)",
            xlabel="sim time [s]", ylabel="steps")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    _legend(ax, fontsize=7, ncol=2)
     return _save(fig, path)
 
 
 # --- the report --------------------------------------------------------------------------------
-PLOTS = (  # file, title, what draws it
-    ("trajectory.png", "Trajectory", lambda log, mission, p: plot_trajectory(log, p)),
+PLOTS = (  # file, title, what draws it: each takes (log, mission or None, path)
+    ("trajectory.png", "Trajectory", plot_trajectory),
     ("position_error.png", "Position error", plot_position_error),
-    ("motor_commands.png", "Motor commands", lambda log, mission, p: plot_motor_commands(log, p)),
-    ("spikes.png", "Spikes per layer", lambda log, mission, p: plot_spikes(log, p)),
+    ("motor_commands.png", "Motor commands", plot_motor_commands),
+    ("spikes.png", "Spikes per layer", plot_spikes),
     ("who_flies.png", "Who flies", plot_who_flies),
-    ("command_age.png", "Command age", lambda log, mission, p: plot_command_age(log, p)),
+    ("command_age.png", "Command age", plot_command_age),
 )
 
 
@@ -561,7 +571,7 @@ def _plot_replay(time_s, recorded, replayed, error, result: dict, path: Path) ->
     restarts = "" if result["horizon_s"] is None else f", from the recording every {result['horizon_s']} s"
     top.set(title=f"{result['drone']}: recorded flight and its commands replayed on {result['engine']} "
                   f"(command delay {result['command_delay']}{restarts})", ylabel="m")
-    top.legend(fontsize=7, ncol=3)
+    _legend(top, fontsize=7, ncol=3)
     top.grid(alpha=0.3)
     e = result["error"]
     bottom.plot(time_s, 100 * error, lw=1)
