@@ -33,6 +33,7 @@ demo: install
 	$(BIN)/snnctl launch sim_snn.launch.yaml mission:=hop mode:=$(DEMO_MODE) record:=true \
 		bag:=$(DEMO_BAG) --duration 60 --monitor
 	$(BIN)/snnctl bag info $(DEMO_BAG)
+	$(BIN)/snnctl bag report $(DEMO_BAG)
 
 demo-pid: install
 	$(BIN)/snnctl launch sim_pid.launch.yaml mission:=hop --duration 60 --monitor

@@ -23,12 +23,19 @@ def _fmt_rate(r: float) -> str:
 
 # --- sim ---------------------------------------------------------------------------------------
 def cmd_sim_replay(args) -> int:
+    if (args.bag is None) == (args.input is None):
+        raise ValueError("give either --input FILE.npz --output FILE.npz, or --bag BAG --drone NAME")
+    if args.bag is not None:
+        return cmd_sim_replay_bag(args)
+    if args.output is None:
+        raise ValueError("--input needs --output FILE.npz")
     import numpy as np
 
     from .sim.command_replay import load_replay_input, replay
     from .sim.drone import load_drone
 
-    model = load_drone(args.drone)
+    model = load_drone(args.drone or "cf21")
+    args.engine = args.engine or "batched"
     state, actions, file_dt = load_replay_input(args.input)
     dt = args.dt or file_dt or 0.01
     out = replay(model, args.engine, state, actions, dt)
@@ -38,6 +45,18 @@ def cmd_sim_replay(args) -> int:
               "drone": model.name, "final_position": out["position"][:, -1].tolist()}
     _emit(args, result, f"replayed {n} drone(s) x {steps} steps at dt={dt} s on the {args.engine} engine "
                         f"({model.name}) -> {args.output}")
+    return 0
+
+
+def cmd_sim_replay_bag(args) -> int:
+    """One drone of a recorded flight, replayed from its first state: the position error."""
+    from .report import format_replay, replay_comparison
+
+    if args.drone is None:
+        raise ValueError("--bag needs --drone NAME (a drone of the bag)")
+    r = replay_comparison(args.bag, args.drone, engine=args.engine or "pybullet", out=args.out, drone_model=args.drone_model,
+                          command_delay=args.command_delay, horizon=args.horizon)
+    _emit(args, r, format_replay(r))
     return 0
 
 
@@ -124,6 +143,14 @@ def cmd_bag_info(args) -> int:
     lines = [f"{r['path']}: {r['messages']} messages over {r['duration_s']:.1f} s"]
     lines += [f"  {name:28s} {t['messages']:6d}  {t['type']}" for name, t in sorted(r["topics"].items())]
     _emit(args, r, "\n".join(lines))
+    return 0
+
+
+def cmd_bag_report(args) -> int:
+    from .report import format_report, write_report
+
+    r = write_report(args.path, out=args.out, mission=args.mission)
+    _emit(args, r["metrics"], format_report(r))  # --json: the metrics, as metrics.json holds them
     return 0
 
 
@@ -398,12 +425,24 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     sim = sub.add_parser("sim", help="simulator tools").add_subparsers(dest="sim_command", required=True)
-    p = add(sim, "replay", cmd_sim_replay, "replay recorded motor commands from initial states")
-    p.add_argument("--drone", default="cf21", help="drone model name or path (.yaml/.urdf)")
-    p.add_argument("--engine", choices=["batched", "pybullet"], default="batched")
-    p.add_argument("--input", required=True, help=".npz with initial states and actions (N,T,4)")
-    p.add_argument("--output", required=True, help=".npz to write the trajectories to")
+    p = add(sim, "replay", cmd_sim_replay, "replay recorded motor commands from initial states: an .npz "
+            "(--input, --output), or one drone of a recorded bag compared with its recording (--bag, --drone)")
+    p.add_argument("--drone", default=None, help="with --input: drone model name or path (.yaml/.urdf; default "
+                   "cf21); with --bag: the drone's name in the bag")
+    p.add_argument("--engine", choices=["batched", "pybullet"], default=None,
+                   help="default: batched for --input, pybullet (sim_bridge's engine) for --bag")
+    p.add_argument("--input", default=None, help=".npz with initial states and actions (N,T,4)")
+    p.add_argument("--output", default=None, help=".npz to write the trajectories to")
     p.add_argument("--dt", type=float, default=None, help="control period [s] (default: the file's, else 0.01)")
+    p.add_argument("--bag", default=None, help="a recorded flight (rosbag2 directory)")
+    p.add_argument("--out", default=None, help="with --bag: directory for replay_<drone>_<engine>.png/.json "
+                   "(default BAG_report)")
+    p.add_argument("--drone-model", default=None, help="with --bag: the drone model the bag flew (default: "
+                   "all.drone of config/crazyflies.yaml)")
+    p.add_argument("--command-delay", type=int, default=None, help="with --bag: sim_bridge's command_delay "
+                   "[steps] (default: the smallest command-age p50 the bridge reported)")
+    p.add_argument("--horizon", type=float, default=None, metavar="SECONDS", help="with --bag: start again "
+                   "from the recorded state every SECONDS (default: the whole flight from the first state)")
 
     add(sub, "drones", cmd_drones, "list the drone models")
 
@@ -424,6 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
     bag = sub.add_parser("bag", help="rosbag2 tools").add_subparsers(dest="bag_command", required=True)
     p = add(bag, "info", cmd_bag_info, "topics, types and message counts of a recorded bag")
     p.add_argument("path", help="bag directory")
+    p = add(bag, "report", cmd_bag_report, "plots, a one-page HTML summary and metrics of a recorded flight")
+    p.add_argument("path", help="bag directory")
+    p.add_argument("--out", default=None, help="report directory (default: BAG_report, beside the bag)")
+    p.add_argument("--mission", default=None, metavar="FILE",
+                   help="the mission flown (default: the one /mission/status names, from config/missions/)")
 
     p = add(bench, "sil", cmd_bench_sil, "sim-in-the-loop training throughput: in process vs training bridges")
     p.add_argument("--bridges", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4],

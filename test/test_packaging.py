@@ -34,7 +34,7 @@ print(len(names))
 
 
 # The architecture in one line: each layer imports only from the layers before it.
-LAYERS = (("config",), ("sim",), ("task",), ("io",), ("networks",), ("control",), ("train",), ("cli", "bench", "ros"))
+LAYERS = (("config",), ("sim",), ("task",), ("io",), ("networks",), ("control",), ("train",), ("cli", "bench", "report", "ros"))
 
 
 def _layer(module: str) -> int:
