@@ -132,7 +132,7 @@ def test_a_lockstep_flight_replayed_on_pybullet_matches_its_recording(flight, ca
     assert code == 0, r
     # (the recorder may find the odometry after the first steps: the replay starts at the first state it has)
     assert r["command_delay"] == 0 and r["replay_crash"] is None
-    assert r["error"]["max"] < PYBULLET_REPLAY_MAX_M, r["error"]
+    assert r["error"]["max"] < PYBULLET_REPLAY_MAX_M, r
     saved = json.loads(Path(r["json"]).read_text())
     assert saved["error"] == r["error"] and Path(r["png"]).read_bytes()[:4] == b"\x89PNG"
 
