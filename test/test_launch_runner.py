@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -83,7 +84,7 @@ def test_stopping_the_runner_stops_every_node_and_the_bag_is_complete(ros_env, t
         for topic, count in summary["received"].items():
             got = [m for m in messages if m[0] == topic]
             assert len(got) == count == summary["written"][topic], topic
-            assert got[-1][1] == summary["last_receive_ns"][topic], topic
+            assert not got or got[-1][1] == summary["last_receive_ns"][topic], topic
         assert all(summary["received"].get(t, 0) > 100 for t in ("/cf1/odom", "/cf2/cmd_motors_stamped")), \
             launch.output[-5000:]
     finally:
@@ -137,4 +138,28 @@ launch:
     assert "[launch] mission_sequencer died: killed by signal SIGKILL" in text, text
     assert [(f["node"], f["why"]) for f in runner.failures()] == [("mission_sequencer", "killed by signal SIGKILL")]
     assert "flight_recorder: closed" in text, "the rest stopped cleanly: the recorder closed its bag"
+    assert all(proc.poll() is not None for _, proc in runner.processes)
+
+
+def test_a_node_that_ignores_sigint_and_sigterm_is_killed_and_named(monkeypatch, tmp_path):
+    """One node ends by itself (exit 0): the runner stops the other, which ignores SIGINT and
+    SIGTERM, so it is killed, and that is a failure."""
+    from snn_controller.ros import NODES
+
+    monkeypatch.setitem(NODES, "stubborn", "stubborn_node")
+    f = tmp_path / "s.launch.yaml"
+    f.write_text("launch:\n  - node: {pkg: snn_controller, exec: stubborn, name: stubborn}\n"
+                 "  - node: {pkg: snn_controller, exec: stubborn, name: quitter, param: [{name: exit_after, value: 2}]}\n")
+    output = io.StringIO()
+    env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    runner = LaunchRunner(parse_launch(f), env=env, output=output, timeout=0.5, term_timeout=0.5)
+    with runner:
+        wait_for(lambda: output.getvalue().count("] ready") == 2, 30, "both up", output.getvalue)
+        runner.wait(30)
+    text = output.getvalue()
+    assert "[launch] quitter ended (exit code 0)" in text and "[launch] stopping the other nodes" in text, text
+    assert "[launch] ['stubborn'] still running: sending SIGTERM" in text
+    assert "[launch] ['stubborn'] still running: sending SIGKILL" in text
+    assert [(f["node"], f["why"]) for f in runner.failures()] == [
+        ("stubborn", "did not stop on SIGINT and SIGTERM: killed")]
     assert all(proc.poll() is not None for _, proc in runner.processes)

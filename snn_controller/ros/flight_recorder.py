@@ -41,7 +41,7 @@ import sys
 import time
 
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.exceptions import ParameterUninitializedException
+from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -110,7 +110,7 @@ class FlightRecorder(Node):
         self.declare_parameter("fleet_topics", list(FLEET_TOPICS))  # the fleet's shared topics
         self.declare_parameter("topics", Parameter.Type.STRING_ARRAY)  # more topics, as given
         self.declare_parameter("regex", "")  # also every graph topic whose whole name matches; '' = none
-        self.declare_parameter("max_bag_size", 0)  # bytes per MCAP file; 0 = no split by size
+        self.declare_parameter("max_bag_size", 0, ANY_NUMBER)  # bytes per MCAP file (100000000 or 1e8); 0 = no split
         self.declare_parameter("max_bag_duration", 0.0, ANY_NUMBER)  # s per MCAP file; 0 = no split by duration
         self.declare_parameter("metadata_version", 9)  # rosbag2 metadata: 9 (Jazzy) or 8
         self.declare_parameter("discovery_period", 0.1, ANY_NUMBER)  # s between searches of the graph
@@ -133,9 +133,10 @@ class FlightRecorder(Node):
         if not self.wanted and self.pattern is None:
             raise ValueError("nothing to record: fleet is false and neither topics nor regex is given; "
                              "set fleet:=true, topics:=[/a, /b] or regex:=PATTERN")
-        for name in ("max_bag_duration", "discovery_period"):
+        for name in ("max_bag_size", "max_bag_duration", "discovery_period"):
             if not isinstance(p[name], (int, float)) or isinstance(p[name], bool):
-                raise ValueError(f"parameter {name} must be a number of seconds, got {p[name]!r}")
+                raise ValueError(f"parameter {name} must be a number ({'bytes' if name == 'max_bag_size' else 's'}), "
+                                 f"got {p[name]!r}")
         if p["executor"] not in EXECUTORS:
             raise ValueError(f"parameter executor must be one of {EXECUTORS}, got {p['executor']!r}")
         self.executor_kind = p["executor"]
@@ -143,7 +144,7 @@ class FlightRecorder(Node):
             raise ValueError(f"parameter discovery_period must be > 0 s, got {p['discovery_period']}")
         self.depth = p["queue_depth"]
         self.bag = BagWriter(p["output"], overwrite=p["overwrite"], version=p["metadata_version"],
-                             max_bag_size=p["max_bag_size"], max_bag_duration=float(p["max_bag_duration"]))
+                             max_bag_size=int(p["max_bag_size"]), max_bag_duration=float(p["max_bag_duration"]))
         self.started = (time.monotonic(), time.process_time())
         self.received: dict[str, int] = {}
         self.last_ns: dict[str, int] = {}
@@ -225,7 +226,7 @@ def record(args=None) -> int:
             executor.spin_once(timeout_sec=0.1)
     except ExternalShutdownException:
         pass
-    except (ConfigError, ValueError, FileExistsError) as exc:  # bad parameters: say what is wrong and exit non-zero
+    except (ConfigError, ValueError, FileExistsError, ParameterException) as exc:  # bad parameters: say so, exit 2
         print(f"error: {exc}", file=sys.stderr)
         code = 2
     finally:

@@ -330,6 +330,7 @@ class NodeProcess:
     spec: NodeSpec
     proc: subprocess.Popen
     stderr_tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=12))
+    threads: list = field(default_factory=list)  # the pumps of its stdout and stderr
     ended_on_its_own: bool = False  # it ended before the runner stopped it
     killed: bool = False  # it did not stop on SIGINT and SIGTERM
 
@@ -353,10 +354,11 @@ class LaunchRunner:
     """Start the nodes of a launch description as processes; stop them all on exit.
 
     Output lines are prefixed with the node's label. ``stop()`` sends SIGINT, waits up to
-    ``timeout``, then SIGTERM, waits again, then kills what is left.
+    ``timeout`` s, then SIGTERM, waits up to ``term_timeout`` s, then kills what is left.
     """
 
-    def __init__(self, desc: LaunchDescription, env: dict | None = None, output=None, timeout: float = 10.0):
+    def __init__(self, desc: LaunchDescription, env: dict | None = None, output=None, timeout: float = 10.0,
+                 term_timeout: float = 5.0):
         self.desc = desc
         self.env = {**os.environ, **(env or {})}
         self.env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -364,10 +366,9 @@ class LaunchRunner:
         # Faster discovery on one machine (~0.7 s instead of up to 3 s), unless the user set a profile.
         self.env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(package_root() / "config" / "fastdds_fast_discovery.xml"))
         self.output = output or sys.stdout
-        self.timeout = timeout
+        self.timeout, self.term_timeout = timeout, term_timeout
         self.nodes: list[NodeProcess] = []
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: a signal handler in the main thread may write too
         self._stopping = False
         self._previous_sigterm = None
 
@@ -398,7 +399,7 @@ class LaunchRunner:
                 for stream, tail in ((proc.stdout, None), (proc.stderr, node.stderr_tail)):
                     t = threading.Thread(target=self._pump, args=(spec.label, stream, tail), daemon=True)
                     t.start()
-                    self._threads.append(t)
+                    node.threads.append(t)
         except BaseException:
             self.stop()
             raise
@@ -437,22 +438,26 @@ class LaunchRunner:
     def stop(self) -> None:
         """Say which node ended on its own and why, then stop the rest: SIGINT, SIGTERM, SIGKILL.
         Signals to the runner meanwhile do not interrupt this."""
+        if self._stopping:
+            return
         self._mark_ended()
         self._stopping = True
         previous = self._hold_signals()
         try:
-            for n in self.nodes:
-                if n.ended_on_its_own:
-                    code = n.proc.wait()
-                    for t in self._threads:  # its last lines first
-                        t.join(timeout=0.2)
-                    if code == 0:
-                        self.say(f"{n.spec.label} ended (exit code 0); stopping the other nodes")
-                    else:
-                        tail = "".join(f"\n[launch]   {line}" for line in n.stderr_tail) or " (none)"
-                        self.say(f"{n.spec.label} died: {exit_reason(code)}; the last lines of its stderr:{tail}")
-                        self.say("stopping the other nodes")
-            for sig, wait_s in ((signal.SIGINT, self.timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            ended = [n for n in self.nodes if n.ended_on_its_own]
+            for n in ended:
+                code = n.proc.wait()
+                for t in n.threads:  # its last lines first
+                    t.join(timeout=2.0)
+                if code == 0:
+                    self.say(f"{n.spec.label} ended (exit code 0)")
+                else:
+                    tail = "".join(f"\n[launch]   {line}" for line in n.stderr_tail) or " (none)"
+                    self.say(f"{n.spec.label} died: {exit_reason(code)}; the last lines of its stderr:{tail}")
+            if ended and any(n.proc.poll() is None for n in self.nodes):
+                self.say("stopping the other nodes")
+            for sig, wait_s in ((signal.SIGINT, self.timeout), (signal.SIGTERM, self.term_timeout),
+                                (signal.SIGKILL, 5.0)):
                 running = [n for n in self.nodes if n.proc.poll() is None]
                 if not running:
                     break
@@ -470,7 +475,7 @@ class LaunchRunner:
                         n.proc.wait(max(deadline - time.monotonic(), 0.1))
                     except subprocess.TimeoutExpired:
                         pass
-            for t in self._threads:
+            for t in (t for n in self.nodes for t in n.threads):
                 t.join(timeout=1.0)
         finally:
             self._restore_signals(previous)
