@@ -3,7 +3,6 @@ SIGTERM under load, read back by an independent reader (mcap + mcap_ros2's decod
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys

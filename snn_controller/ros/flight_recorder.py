@@ -99,6 +99,26 @@ def matching_qos(infos, depth: int) -> QoSProfile:
                       durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
 
 
+def check_parameters(p: dict, wanted: list[str]):
+    """Refuse parameters that cannot record, naming the remedy; the compiled ``regex`` or None."""
+    try:
+        pattern = re.compile(p["regex"]) if p["regex"] else None
+    except re.error as exc:
+        raise ValueError(f"parameter regex {p['regex']!r} is not a regular expression ({exc}); "
+                         "write e.g. regex:='/cf[0-9]+/odom'") from None
+    if not wanted and pattern is None:
+        raise ValueError("nothing to record: fleet is false and neither topics nor regex is given; "
+                         "set fleet:=true, topics:=[/a, /b] or regex:=PATTERN")
+    for name, unit in (("max_bag_size", "bytes"), ("max_bag_duration", "s"), ("discovery_period", "s")):
+        if not isinstance(p[name], (int, float)) or isinstance(p[name], bool) or p[name] < 0:
+            raise ValueError(f"parameter {name} must be a number >= 0 ({unit}), got {p[name]!r}")
+    if p["discovery_period"] == 0:
+        raise ValueError("parameter discovery_period must be > 0 s")
+    if p["executor"] not in EXECUTORS:
+        raise ValueError(f"parameter executor must be one of {EXECUTORS}, got {p['executor']!r}")
+    return pattern
+
+
 class FlightRecorder(Node):
     def __init__(self, **kwargs):
         super().__init__("flight_recorder", **kwargs)
@@ -125,23 +145,8 @@ class FlightRecorder(Node):
             topics = []
         self.wanted = [self.resolve_topic_name(t) for t in recorded_topics(
             topics, p["crazyflies"], p["drone_topics"], p["fleet_topics"], p["fleet"])]
-        try:
-            self.pattern = re.compile(p["regex"]) if p["regex"] else None
-        except re.error as exc:
-            raise ValueError(f"parameter regex {p['regex']!r} is not a regular expression ({exc}); "
-                             "write e.g. regex:='/cf[0-9]+/odom'") from None
-        if not self.wanted and self.pattern is None:
-            raise ValueError("nothing to record: fleet is false and neither topics nor regex is given; "
-                             "set fleet:=true, topics:=[/a, /b] or regex:=PATTERN")
-        for name in ("max_bag_size", "max_bag_duration", "discovery_period"):
-            if not isinstance(p[name], (int, float)) or isinstance(p[name], bool):
-                raise ValueError(f"parameter {name} must be a number ({'bytes' if name == 'max_bag_size' else 's'}), "
-                                 f"got {p[name]!r}")
-        if p["executor"] not in EXECUTORS:
-            raise ValueError(f"parameter executor must be one of {EXECUTORS}, got {p['executor']!r}")
+        self.pattern = check_parameters(p, self.wanted)
         self.executor_kind = p["executor"]
-        if p["discovery_period"] <= 0:
-            raise ValueError(f"parameter discovery_period must be > 0 s, got {p['discovery_period']}")
         self.depth = p["queue_depth"]
         self.bag = BagWriter(p["output"], overwrite=p["overwrite"], version=p["metadata_version"],
                              max_bag_size=int(p["max_bag_size"]), max_bag_duration=float(p["max_bag_duration"]))
@@ -187,7 +192,8 @@ class FlightRecorder(Node):
     def summary(self) -> dict:
         """What was received and what the bag holds, per topic; the recorder's wall and CPU seconds."""
         return {"wall_s": round(time.monotonic() - self.started[0], 2),
-                "cpu_s": round(time.process_time() - self.started[1], 2), "bag": str(self.bag.path), "files": self.bag.files, "received": dict(self.received),
+                "cpu_s": round(time.process_time() - self.started[1], 2), "bag": str(self.bag.path),
+                "files": self.bag.files, "received": dict(self.received),
                 "written": self.bag.counts, "last_receive_ns": dict(self.last_ns),
                 "never_seen": [t for t in self.wanted if t not in self.received]}
 
