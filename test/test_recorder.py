@@ -256,7 +256,7 @@ def test_sigterm_under_load_leaves_a_complete_bag_with_every_message_received(pr
     assert set(summary["received"]) == set(got), summary
     assert {m[0] for m in messages} == set(got)
     for topic, msgs in got.items():
-        assert len(msgs) == summary["received"][topic] == summary["written"][topic] > 200, (topic, summary)
+        assert len(msgs) == summary["received"][topic] == summary["written"][topic] > 100, (topic, summary)
         assert msgs[-1][1] == summary["last_receive_ns"][topic], topic  # to the last message received
         stamps = [m[2] for m in msgs]
         assert all(a < b for a, b in zip(stamps, stamps[1:])), f"{topic}: a message repeated or out of order"
