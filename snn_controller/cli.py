@@ -178,9 +178,9 @@ def cmd_launch(args) -> int:
         given[k] = v
     desc = parse_launch(args.file, given)
     if args.print:
-        from .ros.launch import node_command
+        from .ros.launch import launch_commands
 
-        cmds = [node_command(n) for n in desc.nodes]
+        cmds = launch_commands(desc)  # refuses a node that does not exist, naming it
         _emit(args, {"file": str(desc.path), "commands": cmds}, "\n".join(" ".join(c) for c in cmds))
         return 0
     monitor_names = None
@@ -200,9 +200,10 @@ def cmd_launch(args) -> int:
                 runner.wait(args.duration)
         except KeyboardInterrupt:
             pass
-    failed = [(label, code) for label, code in runner.failed() if code not in (0, -2, 130)]
+    failures = runner.failures()  # died, or had to be killed: which, and why (the runner said it too)
+    failed = [(f["node"], f["code"]) for f in failures]
     result = {"file": str(desc.path), "nodes": [n.label for n in desc.nodes], "failed": failed,
-              "summary": summary, "mission": mission}
+              "failures": failures, "summary": summary, "mission": mission}
     text = f"stopped {len(desc.nodes)} node(s)" + (f"; failed: {failed}" if failed else "")
     if summary:
         text += "\n" + "\n".join(f"{name}: {s}" for name, s in summary.items())
@@ -234,11 +235,13 @@ def _monitor(runner, names, args, mission=None) -> tuple[dict, dict | None]:
 
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
     from .ros.monitor import FleetMonitor
 
     context = rclpy.Context()
-    rclpy.init(context=context)
+    # no rclpy signal handlers: Ctrl-C and SIGTERM reach the launch runner (KeyboardInterrupt), which stops the nodes
+    rclpy.init(args=[], context=context, signal_handler_options=SignalHandlerOptions.NO)
     node = FleetMonitor(names, context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)

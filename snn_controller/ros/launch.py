@@ -5,17 +5,25 @@ The launch files in launch/ are standard ROS 2 YAML launch files: on a full ROS 
 (the one source of truth for which nodes start, with which parameters and remappings) and
 starts the same processes on a pip-only install: ``snnctl launch sim_pid.launch.yaml``.
 
-Supported subset of the YAML launch format: ``arg`` (name, default, description), ``node``
-(pkg, exec, name, namespace, param [name/value or from], remap [from/to], ros_args, launch-prefix,
-output, if/unless), ``group`` with ``push-ros-namespace``/``push_ros_namespace`` and ``scoped``, and the
-substitutions ``$(var X)``, ``$(find-pkg-share P)``, ``$(env X [default])``. Anything else is a
-clear error, never silently skipped.
+Supported subset of the YAML launch format: ``arg`` (name, default, description, choice),
+``node`` (pkg, exec, name, namespace, param [name/value or from], remap [from/to], ros_args,
+launch-prefix, output, if/unless), ``group`` with ``push-ros-namespace``/``push_ros_namespace``
+and ``scoped``, and the substitutions ``$(var X)``, ``$(find-pkg-share P)``, ``$(env X
+[default])``, ``$(equals A B)`` and ``$(not-equals A B)``, nested as in ``$(equals $(var
+controller) snn)``. Anything else is a clear error, never silently skipped.
+
+Running (LaunchRunner): every command is built before any process starts, so a launch file that
+names a node that does not exist (real_flight.launch.yaml's crazyflie_bridge) starts nothing and
+says so. Each node runs in its own process group, its output prefixed with its name. When a node
+ends on its own, the runner says which one, why (exit code or signal, the last lines of its
+stderr) and stops the rest; stopping sends SIGINT, then SIGTERM, then SIGKILL to what is still
+running, as ros2 launch does. SIGTERM to the runner stops it as Ctrl-C does.
 """
 
 from __future__ import annotations
 
+import collections
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -30,7 +38,12 @@ import yaml
 from ..config import ConfigError, package_root
 
 PACKAGE = "snn_controller"
-_SUBST = re.compile(r"\$\((\S+)((?:\s+[^)]*)?)\)")
+# Executables a launch file may name before they exist: why each is missing. The runner refuses
+# to start a launch file that names one, with this reason.
+PLANNED_NODES = {
+    "crazyflie_bridge": "real flight is not implemented yet: there is no Crazyflie bridge (cflib, CRTP) in this "
+                        "package (README, Limits). Fly the simulated fleet: sim_snn.launch.yaml or sim_pid.launch.yaml",
+}
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,8 @@ class LaunchDescription:
     path: Path
     arguments: dict[str, str | None] = field(default_factory=dict)  # name -> default
     descriptions: dict[str, str] = field(default_factory=dict)
+    choices: dict[str, list[str]] = field(default_factory=dict)
+    values: dict[str, str] = field(default_factory=dict)  # name -> the value the launch ran with
     nodes: list[NodeSpec] = field(default_factory=list)
 
 
@@ -93,8 +108,7 @@ def parse_launch(path: str | Path, arguments: dict[str, str] | None = None) -> L
         raise ConfigError(f"{path}: a YAML launch file must hold 'launch:' with a list of actions")
     desc = LaunchDescription(path=path)
     given = dict(arguments or {})
-    values: dict[str, str] = {}
-    _actions(data["launch"], desc, given, values, "", str(path))
+    _actions(data["launch"], desc, given, desc.values, "", str(path))
     unknown = sorted(set(given) - set(desc.arguments))
     if unknown:
         raise ConfigError(f"{path}: unknown launch argument(s) {unknown}; declared: {sorted(desc.arguments)}")
@@ -107,18 +121,7 @@ def _actions(actions, desc, given, values, namespace, where):
             raise ConfigError(f"{where}: launch action #{i} must be a mapping with one key")
         (kind, body), = action.items()
         if kind == "arg":
-            name = body.get("name")
-            if not name:
-                raise ConfigError(f"{where}: an 'arg' needs a name")
-            default = body.get("default")
-            desc.arguments[name] = None if default is None else str(default)
-            desc.descriptions[name] = body.get("description", "")
-            if name in given:
-                values[name] = str(given[name])
-            elif default is not None:
-                values[name] = _substitute(str(default), values, where)
-            else:
-                raise ConfigError(f"{where}: launch argument '{name}' is required (pass {name}:=VALUE)")
+            _argument(body, desc, given, values, where)
         elif kind == "node":
             if _condition(body, values, where):
                 desc.nodes.append(_node(body, values, namespace, where))
@@ -131,6 +134,26 @@ def _actions(actions, desc, given, values, namespace, where):
         else:
             raise ConfigError(f"{where}: launch action '{kind}' is not supported by snnctl launch "
                               "(supported: arg, node, group)")
+
+
+def _argument(body, desc, given, values, where):
+    name = body.get("name")
+    if not name:
+        raise ConfigError(f"{where}: an 'arg' needs a name")
+    default = body.get("default")
+    desc.arguments[name] = None if default is None else str(default)
+    desc.descriptions[name] = body.get("description", "")
+    if name in given:
+        values[name] = str(given[name])
+    elif default is not None:
+        values[name] = _substitute(str(default), values, where)
+    else:
+        raise ConfigError(f"{where}: launch argument '{name}' is required (pass {name}:=VALUE)")
+    if "choice" in body:
+        choices = [str(c["value"]) for c in body["choice"]]
+        desc.choices[name] = choices
+        if values[name] not in choices:
+            raise ConfigError(f"{where}: launch argument {name}:={values[name]} is not one of {choices}")
 
 
 _NODE_KEYS = {"pkg", "exec", "name", "namespace", "param", "remap", "ros_args", "launch-prefix", "output", "if",
@@ -175,56 +198,167 @@ def _yaml_text(value) -> str:
     return text.removesuffix("...").strip()
 
 
-def _condition(body, values, where) -> bool:
-    def truth(text):
-        t = _substitute(str(text), values, where).strip().lower()
-        if t not in ("true", "false", "1", "0"):
-            raise ConfigError(f"{where}: condition must be true or false, got {t!r}")
-        return t in ("true", "1")
+def _truth(text: str, where: str) -> bool:
+    t = text.strip().lower()
+    if t not in ("true", "false", "1", "0"):
+        raise ConfigError(f"{where}: condition must be true or false, got {t!r}")
+    return t in ("true", "1")
 
-    if "if" in body and not truth(body["if"]):
+
+def _condition(body, values, where) -> bool:
+    if "if" in body and not _truth(_substitute(str(body["if"]), values, where), where):
         return False
-    return not ("unless" in body and truth(body["unless"]))
+    return not ("unless" in body and _truth(_substitute(str(body["unless"]), values, where), where))
 
 
 def _substitute(text: str, values: dict, where: str) -> str:
-    def repl(m):
-        kind, rest = m.group(1), m.group(2).split()
-        if kind == "var":
-            if not rest or rest[0] not in values:
-                raise ConfigError(f"{where}: $(var {' '.join(rest)}) names no declared argument")
-            return values[rest[0]]
-        if kind == "find-pkg-share":
-            if rest != [PACKAGE]:
-                raise ConfigError(f"{where}: $(find-pkg-share {' '.join(rest)}): only {PACKAGE} is known here")
-            return str(package_root())
-        if kind == "env":
-            if rest[0] in os.environ:
-                return os.environ[rest[0]]
-            if len(rest) > 1:
-                return " ".join(rest[1:])
-            raise ConfigError(f"{where}: environment variable {rest[0]} is not set")
-        raise ConfigError(f"{where}: substitution $({kind}) is not supported")
+    """Resolve the substitutions in ``text``, inner ones first."""
+    result, _ = _scan(text, 0, values, where, inside=False)
+    return result
 
-    return _SUBST.sub(repl, text)
+
+def _scan(text: str, i: int, values: dict, where: str, inside: bool):
+    """Read from ``i``: outside a substitution, text up to the end; inside one (after its ``$(``),
+    its words up to the closing ``)``, which are then evaluated. Returns (value, next index)."""
+    words, word, started = [], [], False
+    while i < len(text):
+        if text.startswith("$(", i):
+            value, i = _scan(text, i + 2, values, where, inside=True)
+            word.append(value)
+            started = True
+        elif inside and text[i] == ")":
+            if started:
+                words.append("".join(word))
+            return _evaluate(words, values, where), i + 1
+        elif inside and text[i].isspace():
+            if started:
+                words.append("".join(word))
+            word, started = [], False
+            i += 1
+        elif inside and text[i] in "'\"":  # a quoted word inside a substitution: '' is the empty string
+            end = text.find(text[i], i + 1)
+            if end < 0:
+                raise ConfigError(f"{where}: unclosed quote in {text!r}")
+            word.append(text[i + 1:end])
+            started = True
+            i = end + 1
+        else:
+            word.append(text[i])
+            started = True
+            i += 1
+    if inside:
+        raise ConfigError(f"{where}: '$(' without its ')' in {text!r}")
+    return "".join(word), i
+
+
+def _equal(a: str, b: str) -> bool:
+    """ros2 launch's $(equals): booleans as booleans, numbers as numbers, else the text."""
+    bools = ("true", "false", "1", "0")
+    if a.lower() in bools and b.lower() in bools:
+        return (a.lower() in ("true", "1")) == (b.lower() in ("true", "1"))
+    try:
+        return abs(float(a) - float(b)) <= 1e-9 * max(abs(float(a)), abs(float(b)))
+    except ValueError:
+        return a == b
+
+
+def _evaluate(words: list[str], values: dict, where: str) -> str:
+    if not words:
+        raise ConfigError(f"{where}: empty substitution $()")
+    kind, rest = words[0], words[1:]
+    if kind == "var":
+        if len(rest) != 1 or rest[0] not in values:
+            raise ConfigError(f"{where}: $(var {' '.join(rest)}) names no declared argument")
+        return values[rest[0]]
+    if kind == "find-pkg-share":
+        if rest != [PACKAGE]:
+            raise ConfigError(f"{where}: $(find-pkg-share {' '.join(rest)}): only {PACKAGE} is known here")
+        return str(package_root())
+    if kind == "env":
+        if not rest:
+            raise ConfigError(f"{where}: $(env) needs a variable name")
+        if rest[0] in os.environ:
+            return os.environ[rest[0]]
+        if len(rest) > 1:
+            return " ".join(rest[1:])
+        raise ConfigError(f"{where}: environment variable {rest[0]} is not set")
+    if kind in ("equals", "not-equals"):
+        if len(rest) != 2:
+            raise ConfigError(f"{where}: $({kind} A B) takes two words, got {rest}")
+        return str(_equal(*rest) == (kind == "equals")).lower()
+    raise ConfigError(f"{where}: substitution $({kind}) is not supported")
 
 
 # --- running ---------------------------------------------------------------------------------
 def node_command(spec: NodeSpec) -> list[str]:
     from . import NODES  # the table of installed node executables
 
+    if spec.executable in PLANNED_NODES:
+        raise ConfigError(f"node executable '{spec.executable}' does not exist: {PLANNED_NODES[spec.executable]}")
     if spec.executable not in NODES:
         raise ConfigError(f"unknown node executable '{spec.executable}'; known: {sorted(NODES)}")
     return [*spec.launch_prefix, sys.executable, "-m", NODES[spec.executable]] + spec.ros_args()
 
 
+def launch_commands(desc: LaunchDescription) -> list[list[str]]:
+    """Every node's command, or an error naming the launch file and the node that cannot start."""
+    commands = []
+    for spec in desc.nodes:
+        try:
+            commands.append(node_command(spec))
+        except ConfigError as exc:
+            raise ConfigError(f"{desc.path.name}: cannot start node {spec.label}: {exc}") from None
+    return commands
+
+
+def exit_reason(code: int) -> str:
+    """'exit code 2' or 'killed by signal SIGSEGV' for a Popen return code."""
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+# Return codes of a node that stopped when asked: a clean exit, or the signal's default action
+STOPPED_CODES = (0, -signal.SIGINT, 128 + signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGTERM)
+
+
+@dataclass
+class NodeProcess:
+    spec: NodeSpec
+    proc: subprocess.Popen
+    stderr_tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=12))
+    threads: list = field(default_factory=list)  # the pumps of its stdout and stderr
+    ended_on_its_own: bool = False  # it ended before the runner stopped it
+    killed: bool = False  # it did not stop on SIGINT and SIGTERM
+
+    def failure(self) -> dict | None:
+        """Why this node failed, or None: it died (a non-zero exit on its own), or had to be killed."""
+        code = self.proc.returncode
+        if code is None:
+            return None
+        if self.ended_on_its_own and code != 0:
+            why = exit_reason(code)
+        elif self.killed:
+            why = "did not stop on SIGINT and SIGTERM: killed"
+        elif not self.ended_on_its_own and code not in STOPPED_CODES:
+            why = f"failed while stopping: {exit_reason(code)}"
+        else:
+            return None
+        return {"node": self.spec.label, "code": code, "why": why, "stderr": list(self.stderr_tail)}
+
+
 class LaunchRunner:
     """Start the nodes of a launch description as processes; stop them all on exit.
 
-    Output lines are prefixed with the node's label. ``stop()`` sends SIGINT, waits, then kills.
+    Output lines are prefixed with the node's label. ``stop()`` sends SIGINT, waits up to
+    ``timeout`` s, then SIGTERM, waits up to ``term_timeout`` s, then kills what is left.
     """
 
-    def __init__(self, desc: LaunchDescription, env: dict | None = None, output=None):
+    def __init__(self, desc: LaunchDescription, env: dict | None = None, output=None, timeout: float = 10.0,
+                 term_timeout: float = 5.0):
         self.desc = desc
         self.env = {**os.environ, **(env or {})}
         self.env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -232,29 +366,66 @@ class LaunchRunner:
         # Faster discovery on one machine (~0.7 s instead of up to 3 s), unless the user set a profile.
         self.env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(package_root() / "config" / "fastdds_fast_discovery.xml"))
         self.output = output or sys.stdout
-        self.processes: list[tuple[NodeSpec, subprocess.Popen]] = []
-        self._threads: list[threading.Thread] = []
+        self.timeout, self.term_timeout = timeout, term_timeout
+        self.nodes: list[NodeProcess] = []
+        self._lock = threading.RLock()  # reentrant: a signal handler in the main thread may write too
+        self._stopping = False
+        self._previous_sigterm = None
 
-    def start(self) -> None:
-        for spec in self.desc.nodes:
-            proc = subprocess.Popen(node_command(spec), env=self.env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
-            self.processes.append((spec, proc))
-            t = threading.Thread(target=self._pump, args=(spec.label, proc), daemon=True)
-            t.start()
-            self._threads.append(t)
+    @property
+    def processes(self) -> list[tuple[NodeSpec, subprocess.Popen]]:
+        return [(n.spec, n.proc) for n in self.nodes]
 
-    def _pump(self, label, proc):
-        for line in proc.stdout:
+    def say(self, text: str) -> None:
+        self._write(f"[launch] {text}\n")
+
+    def _write(self, text: str) -> None:
+        with self._lock:
             try:
-                self.output.write(f"[{label}] {line}")
+                self.output.write(text)
                 self.output.flush()
             except ValueError:  # output closed at exit
-                return
+                pass
+
+    def start(self) -> None:
+        commands = launch_commands(self.desc)  # all of them first: a node that cannot start starts nothing
+        try:
+            for spec, command in zip(self.desc.nodes, commands):
+                proc = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, start_new_session=True)
+                node = NodeProcess(spec, proc)
+                self.nodes.append(node)
+                self.say(f"started {spec.label} (pid {proc.pid})")
+                for stream, tail in ((proc.stdout, None), (proc.stderr, node.stderr_tail)):
+                    t = threading.Thread(target=self._pump, args=(spec.label, stream, tail), daemon=True)
+                    t.start()
+                    node.threads.append(t)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _pump(self, label, stream, tail):
+        for line in stream:
+            if tail is not None:
+                tail.append(line.rstrip("\n"))
+            self._write(f"[{label}] {line}")
 
     def failed(self) -> list[tuple[str, int]]:
-        """Nodes that exited on their own, with their exit codes."""
-        return [(spec.label, proc.returncode) for spec, proc in self.processes if proc.poll() is not None]
+        """Nodes that ended on their own (before stop), with their exit codes."""
+        self._mark_ended()
+        return [(n.spec.label, n.proc.returncode) for n in self.nodes if n.ended_on_its_own]
+
+    def failures(self) -> list[dict]:
+        """The nodes that died (ended on their own with a non-zero exit) or had to be killed, and why."""
+        self._mark_ended()
+        return [f for f in (n.failure() for n in self.nodes) if f is not None]
+
+    def _mark_ended(self) -> None:
+        if self._stopping:
+            return
+        for n in self.nodes:
+            if not n.ended_on_its_own and n.proc.poll() is not None:
+                n.ended_on_its_own = True
 
     def wait(self, duration: float | None = None) -> None:
         """Until ``duration`` passes, a node exits, or Ctrl-C."""
@@ -264,23 +435,76 @@ class LaunchRunner:
                 return
             time.sleep(0.1)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        for _, proc in self.processes:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGINT)
-        deadline = time.monotonic() + timeout
-        for _, proc in self.processes:
-            try:
-                proc.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        for t in self._threads:
-            t.join(timeout=1.0)
+    def stop(self) -> None:
+        """Say which node ended on its own and why, then stop the rest: SIGINT, SIGTERM, SIGKILL.
+        Signals to the runner meanwhile do not interrupt this."""
+        if self._stopping:
+            return
+        self._mark_ended()
+        self._stopping = True
+        previous = self._hold_signals()
+        try:
+            ended = [n for n in self.nodes if n.ended_on_its_own]
+            for n in ended:
+                code = n.proc.wait()
+                for t in n.threads:  # its last lines first
+                    t.join(timeout=2.0)
+                if code == 0:
+                    self.say(f"{n.spec.label} ended (exit code 0)")
+                else:
+                    tail = "".join(f"\n[launch]   {line}" for line in n.stderr_tail) or " (none)"
+                    self.say(f"{n.spec.label} died: {exit_reason(code)}; the last lines of its stderr:{tail}")
+            if ended and any(n.proc.poll() is None for n in self.nodes):
+                self.say("stopping the other nodes")
+            for sig, wait_s in ((signal.SIGINT, self.timeout), (signal.SIGTERM, self.term_timeout),
+                                (signal.SIGKILL, 5.0)):
+                running = [n for n in self.nodes if n.proc.poll() is None]
+                if not running:
+                    break
+                if sig != signal.SIGINT:
+                    self.say(f"{[n.spec.label for n in running]} still running: sending {sig.name}")
+                for n in running:
+                    n.killed = sig == signal.SIGKILL
+                    try:
+                        os.killpg(n.proc.pid, sig)
+                    except ProcessLookupError:
+                        pass
+                deadline = time.monotonic() + wait_s
+                for n in running:
+                    try:
+                        n.proc.wait(max(deadline - time.monotonic(), 0.1))
+                    except subprocess.TimeoutExpired:
+                        pass
+            for t in (t for n in self.nodes for t in n.threads):
+                t.join(timeout=1.0)
+        finally:
+            self._restore_signals(previous)
+
+    def _hold_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        held = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in held:
+            signal.signal(s, lambda *_: self.say("stopping the nodes; please wait"))
+        return held
+
+    @staticmethod
+    def _restore_signals(previous):
+        for s, handler in (previous or {}).items():
+            signal.signal(s, handler)
 
     def __enter__(self):
-        self.start()
+        # SIGTERM stops the runner as Ctrl-C does (KeyboardInterrupt), so its nodes are stopped too
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            self.start()
+        except BaseException:
+            self._restore_signals({signal.SIGTERM: self._previous_sigterm} if self._previous_sigterm else None)
+            raise
         return self
 
     def __exit__(self, *exc):
         self.stop()
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
