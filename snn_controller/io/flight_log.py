@@ -184,6 +184,9 @@ def _stamp_ns(stamp) -> int:
 
 def _odometry(rows) -> Odometry:
     stamp = np.array([_stamp_ns(m.header.stamp) for _, m in rows], dtype=np.int64)
+    # lockstep sends a state again (the same stamp) to a drone whose answer is missing: one per step
+    first = np.r_[True, np.diff(stamp) != 0] if len(stamp) else np.zeros(0, dtype=bool)
+    rows, stamp = [r for r, keep in zip(rows, first) if keep], stamp[first]
     receive = np.array([t for t, _ in rows], dtype=np.int64)
     pose = [m.pose.pose for _, m in rows]
     twist = [m.twist.twist for _, m in rows]
