@@ -26,7 +26,7 @@ import numpy as np
 from .config import ConfigError
 from .io.flight_log import NS_PER_S, DroneLog, FlightLog, FlightLogError, read_flight_log
 from .sim.batched_engine import GROUND_CLEARANCE
-from .sim.fleet import REST_HEIGHT
+from .sim.fleet import REST_HEIGHT, step_of_stamp
 from .task.mission import Mission, format_metrics, load_mission, mission_metrics
 
 REPORT_SUFFIX = "_report"  # BAG -> BAG_report: the bag directory stays as rosbag2 wrote it
@@ -375,9 +375,9 @@ def recorded_schedule(log: FlightLog, d: DroneLog, command_delay: int, command_t
     (sim/command_replay.py)."""
     from .sim.command_replay import arrival_steps, bridge_schedule
 
-    recorded_steps = _step_of(d.odometry.stamp_ns, log.dt_ns)
+    recorded_steps = step_of_stamp(d.odometry.stamp_ns, log.dt_ns)
     c = d.commands
-    answered = np.where(c.answered_ns >= 0, _step_of(c.answered_ns, log.dt_ns), -1)
+    answered = np.where(c.answered_ns >= 0, step_of_stamp(c.answered_ns, log.dt_ns), -1)
     arrival = arrival_steps(answered, c.receive_ns, _step_receive_ns(log))
     first = int(min(recorded_steps[0], arrival.min(initial=recorded_steps[0])))
     shift = np.where(answered >= 0, first, 0)
@@ -400,15 +400,10 @@ def rotors_at_first_state(model, schedule, steps_before: int, from_reset: bool, 
     return w
 
 
-def _step_of(stamp_ns: np.ndarray, dt_ns: int) -> np.ndarray:
-    """The step a stamp names, rounded as sim_bridge's step_of_stamp rounds it."""
-    return (stamp_ns + dt_ns // 2) // dt_ns
-
-
 def _step_receive_ns(log: FlightLog) -> np.ndarray:
     """When the recorder first got each step's state, over every drone (the simulator publishes
     them together); a step no state of which was recorded takes the next step's time."""
-    steps = _step_of(np.concatenate([d.odometry.stamp_ns for d in log.drones.values()]), log.dt_ns)
+    steps = step_of_stamp(np.concatenate([d.odometry.stamp_ns for d in log.drones.values()]), log.dt_ns)
     receive = np.concatenate([d.odometry.receive_ns for d in log.drones.values()])
     first = np.full(int(steps.max()) + 1, np.iinfo(np.int64).max)
     np.minimum.at(first, steps, receive)
@@ -418,7 +413,7 @@ def _step_receive_ns(log: FlightLog) -> np.ndarray:
 def recorded_states(log: FlightLog, d: DroneLog, first: int, steps: int) -> dict[str, np.ndarray]:
     """The recorded state at steps first..first+steps (position, quaternion, velocity, body rates:
     (steps + 1, k) each; NaN where no state of that step was recorded)."""
-    at = _step_of(d.odometry.stamp_ns, log.dt_ns) - first
+    at = step_of_stamp(d.odometry.stamp_ns, log.dt_ns) - first
     o = d.odometry
     states = {}
     for key, values in (("position", o.position), ("quaternion", o.quaternion), ("velocity", o.velocity),
@@ -520,7 +515,7 @@ def replay_comparison(bag: str | Path, name: str, engine: str = "pybullet", out:
     if horizon is not None and horizon < log.dt:
         raise ValueError(f"horizon must be at least one control step ({log.dt} s), got {horizon}")
     begin, schedule = recorded_schedule(log, d, delay)
-    first = int(_step_of(d.odometry.stamp_ns[:1], log.dt_ns)[0])  # the replay starts at the first recorded state
+    first = int(step_of_stamp(d.odometry.stamp_ns[:1], log.dt_ns)[0])  # the replay starts at the first recorded state
     rotor = rotors_at_first_state(model, schedule, first - begin, begin == 0, log.dt)
     commands = schedule.commands[first - begin:]
     recorded = recorded_states(log, d, first, len(commands))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..io.model_file import ModelFileError, load_model
-from ..networks.files import load_actor
+from ..networks.files import actor_from, load_actor
 from ..networks.spiking_numpy import NumpySpikingActor
 from ..sim.drone import load_drone
 from ..task import spec as T
@@ -74,7 +74,7 @@ def load_network(path, drone: str, n: int):
     tensors, manifest = load_model(path, drone=drone)
     if manifest["architecture"]["type"] == "lif_actor":
         return NumpySpikingActor(tensors, manifest, batch=n), manifest
-    return TorchNetwork(load_actor(path, drone=drone)[0], n), manifest
+    return TorchNetwork(actor_from(tensors, manifest, str(path)), n), manifest
 
 
 def evaluate_model(path, task: T.TaskConfig, episodes: int, seed: int = 0, engine: str = "batched",

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..sim.fleet import NS_PER_S
 from ..sim.rotations import quat_to_matrix
-
-NS_PER_S = 1_000_000_000
 # The per-drone topic names of ros/topics.py (io must not import ros/; a test holds them equal).
 ODOM, CMD_MOTORS_STAMPED, CMD_MOTORS, GOAL_POSE = "odom", "cmd_motors_stamped", "cmd_motors", "goal_pose"
 DIAGNOSTICS, MISSION_STATUS = "/diagnostics", "/mission/status"

@@ -48,6 +48,11 @@ def save_actor(actor: nn.Module, path, drone: str, dt: float, provenance: dict) 
 def load_actor(path, drone: str | None = None, dtype=torch.float32) -> tuple[nn.Module, dict]:
     """A model file as a torch actor (spiking or MLP) and its manifest."""
     tensors, manifest = load_model(path, drone=drone)
+    return actor_from(tensors, manifest, str(path), dtype), manifest
+
+
+def actor_from(tensors: dict, manifest: dict, where: str = "model", dtype=torch.float32) -> nn.Module:
+    """The torch actor of a model file's (validated) tensors and manifest."""
     arch = manifest["architecture"]
     if arch["type"] == "lif_actor":
         actor = SpikingActor(ActorArchitecture(arch["obs_dim"], tuple(arch["hidden"]), arch["action_dim"]),
@@ -55,8 +60,8 @@ def load_actor(path, drone: str | None = None, dtype=torch.float32) -> tuple[nn.
     elif arch["type"] == "mlp":
         actor = MLPActor(arch["obs_dim"], tuple(arch["hidden"]), arch["action_dim"])
     else:
-        raise ModelFileError(f"{path}: no torch network for architecture type {arch['type']!r}")
+        raise ModelFileError(f"{where}: no torch network for architecture type {arch['type']!r}")
     state = {k: torch.as_tensor(v) for k, v in tensors.items()}
     state["slope"] = actor.slope
     actor.load_state_dict(state)
-    return actor.to(dtype), manifest
+    return actor.to(dtype)

@@ -152,12 +152,11 @@ class RosEngine:
         return unpack_states(self._states, self.dtype)
 
     def reset(self, state, index=None):
-        rows = np.arange(self.n) if index is None else np.arange(self.n)[np.asarray(index)]
-        self._per_bridge("reset", rows, pack_states(state))
+        self._per_bridge("reset", self._rows(index), pack_states(state))
         return self.state
 
     def scale_dynamics(self, mass, inertia, thrust, motor_time_constant, index=None) -> None:
-        rows = np.arange(self.n) if index is None else np.arange(self.n)[np.asarray(index)]
+        rows = self._rows(index)
         scales = np.stack([np.broadcast_to(np.asarray(v, dtype=np.float64).reshape(-1), rows.shape)
                            for v in (mass, inertia, thrust, motor_time_constant)], -1)
         self._per_bridge("scale", rows, scales)
@@ -166,6 +165,10 @@ class RosEngine:
         actions = np.asarray(torch.as_tensor(action).double())
         self._request("step", {b: {"position": doubles(actions[s])} for b, s in self.slices.items()})
         return self.state
+
+    def _rows(self, index) -> np.ndarray:
+        """The drone indices an engine ``index`` (None, a mask or indices) selects."""
+        return np.arange(self.n) if index is None else np.arange(self.n)[np.asarray(index)]
 
     def _per_bridge(self, kind: str, rows: np.ndarray, values: np.ndarray) -> None:
         """Send each bridge the rows it holds (as its own drone indices)."""

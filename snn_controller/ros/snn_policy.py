@@ -98,10 +98,11 @@ class SNNPolicyNode(Node):
         model_file = model or package_root() / DEFAULT_MODEL
         drone = model_drone(model_file, fleet_file, drone)
         drone_model, guide_gains = load_drone(drone), load_pid_gains(gains or None)
+        tensors, manifest = load_model(model_file, drone=drone)  # read once: every drone's network is built from it
         self.drones: dict[str, FlownDrone] = {}
         for name, prefix in controlled_drones(fleet_file, self.get_namespace()).items():
-            network = NumpySpikingActor.from_file(model_file, drone=drone)
-            guide = PIDController(drone_model, 1, dt=network.manifest["dt"], gains=guide_gains)
+            network = NumpySpikingActor(tensors, manifest)
+            guide = PIDController(drone_model, 1, dt=manifest["dt"], gains=guide_gains)
             policy = SupervisedPolicy(network, guide, warmup_steps=warmup, envelope=envelope)
             pilot = StampedPilot(policy, takeoff_height)
             self.drones[name] = FlownDrone(policy, pilot, self.create_publisher(

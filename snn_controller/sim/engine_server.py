@@ -67,7 +67,6 @@ class EngineServer:
         self.engine = None
         self.spec = None
         self.last_id, self.last_reply = None, None
-        self.steps = 0
 
     def handle(self, kind: str, request_id: str, payload) -> np.ndarray:
         """The reply (states (n, 17)) to one request; ``payload``: the configure JSON, (indices,
@@ -99,7 +98,7 @@ class EngineServer:
         s = json.loads(spec)
         if not 1 <= s["n"] <= self.capacity:
             raise ValueError(f"the trainer asked for {s['n']} drones, this bridge serves 1 to {self.capacity}")
-        if spec != self.spec:  # the same engine again (a trainer restarted): keep it
+        if spec != self.spec:  # (the same spec again, from a restarted trainer, keeps the engine)
             if self.engine is not None:
                 self.engine.close()
             options = dict(s["options"])
@@ -108,7 +107,6 @@ class EngineServer:
             model = build(DroneModel, s["model"], "the trainer's configure request")
             self.engine = make_engine(s["kind"], model, s["n"], dt=s["dt"], **options)
             self.dtype, self.spec = getattr(torch, s["dtype"]), spec
-        self.steps = 0
 
     def _reset(self, indices, states) -> None:
         import torch
@@ -127,7 +125,6 @@ class EngineServer:
 
         actions = torch.as_tensor(np.asarray(actions, dtype=np.float64).reshape(-1, 4))
         self.engine.step(actions.to(self.dtype))
-        self.steps += 1
 
     def close(self) -> None:
         if self.engine is not None:

@@ -43,6 +43,11 @@ REST_HEIGHT = 0.011  # m: body centre above the ground when resting on the colli
 NS_PER_S = 1_000_000_000
 
 
+def step_of_stamp(stamp_ns, dt_ns: int):
+    """The step a stamp [ns] names, rounded to the nearest step (ints or int arrays)."""
+    return (stamp_ns + dt_ns // 2) // dt_ns
+
+
 @dataclass(frozen=True)
 class RobotConfig:
     """One drone of crazyflies.yaml (crazyswarm2 names)."""
@@ -157,7 +162,7 @@ class FleetSimulator:
 
     def step_of_stamp(self, stamp_ns: int) -> int:
         """The step a stamp names (rounded to the nearest step)."""
-        return (stamp_ns + self.dt_ns // 2) // self.dt_ns
+        return step_of_stamp(stamp_ns, self.dt_ns)
 
     def _initial_state(self, names: list[str]):
         pos = np.array([self.robots[nm].initial_position for nm in names], dtype=np.float64)

@@ -126,7 +126,7 @@ class TrainConfig:
         if self.rollout_guide == "none" and METHODS[self.method]["guide"]:
             need = "jump_start needs a guide" if self.jump_start else "learns from guide rollouts"
             raise ConfigError(f"method {self.method}: {need} (guide: pid, a PID gains file or a guide model file)")
-        if self.guide_knows_delay and pid_gains(self.guide) is None:
+        if self.guide_knows_delay and pid_gains(self.rollout_guide) is None:
             raise ConfigError("guide_knows_delay needs a PID guide (pid or a gains file): it sets the PID's delay "
                               "compensation")
         for key in ("iterations", "num_drones", "batch_size", "updates_per_iteration", "eval_every",
