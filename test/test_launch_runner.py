@@ -70,8 +70,10 @@ def test_stopping_the_runner_stops_every_node_and_the_bag_is_complete(ros_env, t
         # DDS discovery can take seconds on a loaded machine: wait for the recorder's subscriptions
         wait_for(lambda: all(f"subscribed to {t} " in launch.output for t in ("/cf1/odom", "/cf2/cmd_motors_stamped")),
                  90, "the recorder's subscriptions", lambda: launch.output[-3000:])
+        # two split boundaries later, at least one whole 2 s file was recorded after the subscriptions
+        # (the next boundary can come right after them)
         n = len(list(bag.glob("*.mcap")))
-        wait_for(lambda: (bag / f"bag_{n}.mcap").exists(), 60, "2 s more of flight", lambda: launch.output[-3000:])
+        wait_for(lambda: (bag / f"bag_{n + 1}.mcap").exists(), 60, "2 s more of flight", lambda: launch.output[-3000:])
         assert set(launch.pids()) == {"sim_bridge", "pid_controller", "mission_sequencer", "flight_recorder"}
         os.kill(launch.proc.pid, sig)
         assert launch.finish(60) == 0, launch.output[-3000:]
