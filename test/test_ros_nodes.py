@@ -168,3 +168,39 @@ def test_sim_bridge_and_pid_controller_take_the_drone_model_from_the_fleet_file(
     started = probe.spin_until(lambda: "simulating ['cf1'] (cf2x)" in logs() and "flying ['cf1'] (cf2x)" in logs(), 30)
     assert started, logs()
     assert probe.spin_until(lambda: probe.odom and probe.position()[2] > 0.4, 30), logs()
+
+
+STOPPED_INSIDE_A_CALLBACK = """
+import os, signal, sys
+import rclpy.node, rclpy.signals
+from snn_controller.ros.node_main import run
+
+class Node(rclpy.node.Node):
+    def __init__(self):
+        super().__init__("stopped_inside_a_callback")
+        # rclpy shuts the context down from its own thread after a signal; on a busy machine the
+        # interrupt reaches the callback first. Without rclpy's handlers the context stays up, as then.
+        rclpy.signals.uninstall_signal_handlers()
+        self.create_timer(0.05, self.tick)
+
+    def tick(self):
+        if sys.argv[1] == "bug":
+            raise RuntimeError("a real bug")
+        # what rclpy's message conversion does with a KeyboardInterrupt raised inside it
+        try:
+            os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+        except KeyboardInterrupt:
+            raise RuntimeError("Unable to convert call argument '0' to Python object") from None
+
+sys.exit(run(Node))
+"""
+
+
+def test_a_stop_signal_inside_a_callback_is_a_clean_stop_and_a_bug_is_not(ros_env):
+    """Seen in CI: SIGINT arrived while rclpy converted a message, and the node exited 1."""
+    import subprocess
+    import sys
+    for case, code in (("SIGINT", 0), ("SIGTERM", 0), ("bug", 1)):
+        out = subprocess.run([sys.executable, "-c", STOPPED_INSIDE_A_CALLBACK, case], env=ros_env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == code, (case, out.stderr[-2000:])

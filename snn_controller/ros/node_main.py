@@ -12,7 +12,15 @@ def run(node_factory, args=None) -> int:
 
     from ..config import ConfigError
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    stop_signals = []
+
+    def stop(signum, frame):
+        stop_signals.append(signum)
+        raise KeyboardInterrupt
+
+    # Before rclpy.init, so rclpy's own handlers chain to this one.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     rclpy.init(args=args)
     node = None
     code = 0
@@ -25,9 +33,11 @@ def run(node_factory, args=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         code = 2
     except Exception:
-        if rclpy.ok():
+        if rclpy.ok() and not stop_signals:
             raise
-        # Ctrl-C shut the context down while a callback ran (its publish then fails): a clean stop
+        # A stop signal came while a callback ran: its publish fails on the shut-down context, or the
+        # KeyboardInterrupt raised inside rclpy's message conversion comes out as a RuntimeError
+        # ("Unable to convert call argument"). Both are a clean stop.
     finally:
         if node is not None:
             node.destroy_node()
