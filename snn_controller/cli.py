@@ -6,6 +6,7 @@ Every subcommand prints human-readable output, or one JSON object with ``--json`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -192,10 +193,12 @@ def cmd_launch(args) -> int:
         monitor_names = list(load_fleet(fleet_file or None).enabled_robots())
     runner = LaunchRunner(desc, output=sys.stderr if args.json else sys.stdout)
     summary = mission = None
-    with runner:
+    # the monitor listens before the nodes start: in lockstep the simulation can run faster than
+    # real time, and states sent before it matched would be missing from the mission's score
+    with _fleet_monitor(monitor_names) as monitor, runner:
         try:
-            if monitor_names:
-                summary, mission = _monitor(runner, monitor_names, args, _launched_mission(desc))
+            if monitor:
+                summary, mission = _monitor(runner, monitor, args, _launched_mission(desc))
             else:
                 runner.wait(args.duration)
         except KeyboardInterrupt:
@@ -230,9 +233,12 @@ def _launched_mission(desc):
     return load_mission(p.get("mission", "hover")), take_off_points(robots)
 
 
-def _monitor(runner, names, args, mission=None) -> tuple[dict, dict | None]:
-    import time
-
+@contextlib.contextmanager
+def _fleet_monitor(names):
+    """(FleetMonitor node, its executor) in its own ROS context, or None without ``names``."""
+    if not names:
+        yield None
+        return
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
@@ -245,21 +251,28 @@ def _monitor(runner, names, args, mission=None) -> tuple[dict, dict | None]:
     node = FleetMonitor(names, context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
-    end = None if args.duration is None else time.monotonic() + args.duration
-    next_print = time.monotonic() + 1.0
     try:
-        while (end is None or time.monotonic() < end) and not runner.failed():
-            executor.spin_once(timeout_sec=0.05)
-            if mission is not None and node.mission_done(mission[0]):  # a mission's flight ends by itself
-                break
-            if time.monotonic() >= next_print and not args.json:
-                next_print += 1.0
-                print(node.status_line(), flush=True)
-        return node.summary(), None if mission is None else node.mission_report(*mission)
+        yield node, executor
     finally:
         executor.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=context)
+
+
+def _monitor(runner, monitor, args, mission=None) -> tuple[dict, dict | None]:
+    import time
+
+    node, executor = monitor
+    end = None if args.duration is None else time.monotonic() + args.duration
+    next_print = time.monotonic() + 1.0
+    while (end is None or time.monotonic() < end) and not runner.failed():
+        executor.spin_once(timeout_sec=0.05)
+        if mission is not None and node.mission_done(mission[0]):  # a mission's flight ends by itself
+            break
+        if time.monotonic() >= next_print and not args.json:
+            next_print += 1.0
+            print(node.status_line(), flush=True)
+    return node.summary(), None if mission is None else node.mission_report(*mission)
 
 
 # --- models ------------------------------------------------------------------------------------

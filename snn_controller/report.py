@@ -27,7 +27,7 @@ from .config import ConfigError
 from .io.flight_log import NS_PER_S, DroneLog, FlightLog, FlightLogError, read_flight_log
 from .sim.batched_engine import GROUND_CLEARANCE
 from .sim.fleet import REST_HEIGHT, step_of_stamp
-from .task.mission import Mission, format_metrics, load_mission, mission_metrics
+from .task.mission import Mission, format_metrics, load_mission, mission_metrics, observed_positions
 
 REPORT_SUFFIX = "_report"  # BAG -> BAG_report: the bag directory stays as rosbag2 wrote it
 DIVERGED_M = 0.01  # a replay has left its recording once they are this far apart [m]
@@ -66,7 +66,7 @@ def mission_of(log: FlightLog, mission: str | Path | None = None) -> Mission | N
 def flight_mission_metrics(log: FlightLog, mission: Mission) -> dict:
     """mission_metrics of the bag, computed as ``snnctl launch --monitor`` computes them: on a grid
     of the mission's clock (mission time = sim time - the start /mission/status announced), each
-    drone at its first state at or after each grid time; who flew from snn_policy's status and
+    drone at its first state at or after each grid time (:func:`observed_positions`); who flew from snn_policy's status and
     crash times from sim_bridge's (both 1 Hz, so known to about a second)."""
     start = log.mission.start
     names = list(log.drones)
@@ -76,8 +76,7 @@ def flight_mission_metrics(log: FlightLog, mission: Mission) -> dict:
     for k, name in enumerate(names):
         d = log.drones[name]
         t = d.odometry.time - start
-        idx = np.clip(np.searchsorted(t, grid), 0, len(t) - 1)
-        positions[k] = d.odometry.position[idx] - home_of(d, mission, start)
+        positions[k] = observed_positions(t, d.odometry.position, grid) - home_of(d, mission, start)
         network[k] = _latest(d.policy.time - start, d.policy.network_flies, grid, False)
         crash = d.bridge.first_crash()
         crashes.append(None if crash is None else {**crash, "time": crash["time"] - start})

@@ -38,8 +38,8 @@ class FleetMonitor(Node):
         self.first_crash = {name: None for name in names}  # {"time": sim time, "reason"} from sim_bridge
         for name in names:
             self.create_subscription(Odometry, topics.drone_topic(name, topics.ODOM),
-                                     lambda m, n=name: self._on_odom(n, m), qos.STATE)
-        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, qos.STATE)
+                                     lambda m, n=name: self._on_odom(n, m), qos.OBSERVER)
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, qos.OBSERVER)
         self.mission_start = None  # sim time of mission t = 0, from mission_sequencer's /mission/status
         self.create_subscription(String, "/mission/status", self._on_mission_status, qos.LATCHED)
 
@@ -133,7 +133,7 @@ class FleetMonitor(Node):
         """The mission's metrics from the recorded odometry (mission time = sim time - the start the
         sequencer announced); ``homes``: each drone's take-off point (mission z = 0). None before
         the sequencer said when the mission starts."""
-        from ..task.mission import mission_metrics
+        from ..task.mission import mission_metrics, observed_positions
 
         if self.mission_start is None:
             return None
@@ -148,12 +148,7 @@ class FleetMonitor(Node):
         positions = np.zeros((len(names), len(grid), 3))
         network = np.zeros((len(names), len(grid)), dtype=bool)
         for k, n in enumerate(names):
-            t = rows[n][:, 0] - start_time
-            if len(t) == 0:
-                positions[k] = np.nan
-                continue
-            idx = np.clip(np.searchsorted(t, grid), 0, len(t) - 1)  # the first state at or after each time
-            positions[k] = rows[n][idx, 1:4] - homes[n]
+            positions[k] = observed_positions(rows[n][:, 0] - start_time, rows[n][:, 1:4], grid) - homes[n]
             if flying[n]:
                 ft = np.array([f[0] for f in flying[n]]) - start_time
                 fi = np.searchsorted(ft, grid, side="right") - 1

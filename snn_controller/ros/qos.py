@@ -9,6 +9,8 @@ older than the last, and the command age would grow with the queue). Reliable, s
 sends one state per step and waits for its answer, loses nothing.
 COMMAND: motor commands. Reliable, short queue: the simulator ignores a command that answers an
 older state than one it already has (stamped commands), so a late one costs nothing.
+OBSERVER: what an observer that keeps every state subscribes with (the monitor): STATE with a deep
+queue, so an observer on a busy machine falls behind instead of losing states.
 LATCHED: goals and descriptions, transient-local so a late subscriber gets the last one.
 """
 
@@ -16,6 +18,8 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 
 STATE = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                    durability=DurabilityPolicy.VOLATILE)
+OBSERVER = QoSProfile(depth=1000, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
 LATEST_STATE = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                           durability=DurabilityPolicy.VOLATILE)
 COMMAND = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,

@@ -131,26 +131,48 @@ def _mission_path(path):
 
 
 # --- metrics ------------------------------------------------------------------------------------
+OBSERVED_WITHIN = 0.05  # s: a mission time counts as observed when a state of it came at most this much later
+
+
+def observed_positions(times: np.ndarray, positions: np.ndarray, grid: np.ndarray,
+                       tolerance: float = OBSERVED_WITHIN) -> np.ndarray:
+    """A drone's recorded ``positions`` (T, 3) at ``times`` (T,) sampled on ``grid``: the first
+    state at or after each grid time, NaN where that state is more than ``tolerance`` later (an
+    observer that joined late or lost messages did not see the drone then: those times are not
+    scored, rather than scored with a later position)."""
+    out = np.full((len(grid), 3), np.nan)
+    if len(times) == 0:
+        return out
+    idx = np.clip(np.searchsorted(times, grid), 0, len(times) - 1)
+    seen = (times[idx] >= grid) & (times[idx] - grid <= tolerance)
+    out[seen] = positions[idx[seen]]
+    return out
+
+
 def mission_metrics(mission: Mission, times: np.ndarray, positions: np.ndarray, goals: np.ndarray,
                     network: np.ndarray | None = None, crashes: list[dict] | None = None) -> dict:
     """Metrics of drones that flew ``mission``.
 
     ``times`` (T,) [s] mission time of each sample; ``positions``, ``goals`` (N, T, 3) relative
-    to each drone's take-off point; ``network`` (N, T) bool: the network flew (None: unknown);
-    ``crashes``: per drone None or {"time": s, "reason": str} (samples after a crash are ignored).
+    to each drone's take-off point, positions NaN where the drone was not observed (those samples
+    are not scored; ``observed_share`` says how many were); ``network`` (N, T) bool: the network
+    flew (None: unknown); ``crashes``: per drone None or {"time": s, "reason": str} (samples after
+    a crash are ignored).
     """
     n = positions.shape[0]
     crashes = crashes or [None] * n
     starts = mission.starts()
     final_goal, _ = mission.goal([mission.duration])
     error = np.linalg.norm(positions - goals, axis=-1)  # (N, T)
+    observed = ~np.isnan(error)
+    alive = np.stack([times < (c["time"] if c else math.inf) for c in crashes])  # (N, T)
+    scored = alive & observed
     segments = []
     for i, name in enumerate(mission.segment_names()):
         end_goal, _ = mission.goal([starts[i + 1] - 1e-9])
         rows = []
         for k in range(n):
-            alive = times < (crashes[k]["time"] if crashes[k] else math.inf)
-            sel = (times >= starts[i]) & (times < starts[i + 1]) & alive
+            sel = (times >= starts[i]) & (times < starts[i + 1]) & scored[k]
             if not sel.any():
                 rows.append(None)
                 continue
@@ -175,12 +197,13 @@ def mission_metrics(mission: Mission, times: np.ndarray, positions: np.ndarray, 
         })
     drones = []
     for k in range(n):
-        alive = times < (crashes[k]["time"] if crashes[k] else math.inf)
-        last = positions[k, alive][-1] if alive.any() else positions[k, 0]
+        seen = scored[k]
+        last = positions[k, seen][-1] if seen.any() else np.full(3, np.nan)
         drones.append({
-            "crash": crashes[k], "error_mean": float(error[k, alive].mean()) if alive.any() else None,
-            "network_share": None if network is None or not alive.any() else float(network[k, alive].mean()),
-            "landed": bool(crashes[k] is None and mission.segments[-1].kind == "land"
+            "crash": crashes[k], "error_mean": float(error[k, seen].mean()) if seen.any() else None,
+            "network_share": None if network is None or not seen.any() else float(network[k, seen].mean()),
+            "observed_share": float(observed[k, alive[k]].mean()) if alive[k].any() else 0.0,
+            "landed": bool(crashes[k] is None and mission.segments[-1].kind == "land" and seen.any()
                            and abs(last[2] - final_goal[0, 2]) < mission.landed_height),
             "final_position": [round(float(v), 4) for v in last],
         })
@@ -208,6 +231,9 @@ def format_metrics(m: dict) -> str:
     for k, d in enumerate(m["per_drone"]):
         if d["crash"]:
             lines.append(f"  drone {d.get('name', k)} crashed at {d['crash']['time']:.2f} s: {d['crash']['reason']}")
+        if d["observed_share"] < 0.999:
+            lines.append(f"  drone {d.get('name', k)}: only {100 * d['observed_share']:.0f} % of the mission was "
+                         "observed (the states of the rest did not arrive); the metrics score what was")
     return "\n".join(lines)
 
 
