@@ -16,7 +16,7 @@ from snn_controller.sim.drone import load_drone  # noqa: E402
 from snn_controller.sim.engines import make_engine  # noqa: E402
 from snn_controller.sim.batched_engine import GROUND_CLEARANCE  # noqa: E402
 from snn_controller.control.controllers import deployed_controller  # noqa: E402
-from snn_controller.task.mission import Mission, Segment, fly_mission, load_mission  # noqa: E402
+from snn_controller.task.mission import Mission, Segment, fly_mission, load_mission, mission_metrics, observed_positions, OBSERVED_WITHIN  # noqa: E402
 from snn_controller.sim.state import DroneState  # noqa: E402
 
 MODEL = "models/td3bc_jsrl_cf21.safetensors"
@@ -40,6 +40,26 @@ def test_the_goal_ramps_at_the_segment_speed_and_segments_follow_each_other():
     np.testing.assert_allclose(goal[7], land_start - [0, 0, 0.5], atol=1e-6)
     assert goal[8][2] == pytest.approx(0.0)
     assert m.duration == 13.0 and len(m.starts()) == 5
+
+
+def test_times_the_observer_has_no_state_of_are_not_scored():
+    """An observer that joined a second late (seen in CI): the take-off it missed is not scored with
+    the position it saw later, and observed_share says how much it saw."""
+    m = Mission(segments=(Segment(kind="takeoff", height=1.0, speed=0.5, duration=2.0),
+                          Segment(kind="hold", duration=2.0)))
+    grid = np.arange(0.0, m.duration, 0.01)
+    goals, _ = m.goal(grid)
+    times = np.arange(1.0, m.duration, 0.01)  # the first second was missed
+    flown = m.goal(times)[0] + [0.0, 0.0, 0.05]  # 5 cm above the goal all the time it was seen
+    positions = observed_positions(times, flown, grid)
+    assert np.isnan(positions[grid < 1.0 - OBSERVED_WITHIN - 1e-9]).all() and not np.isnan(positions[grid >= 1.0]).any()
+    r = mission_metrics(m, grid, positions[None], goals[None])
+    d = r["per_drone"][0]
+    assert d["observed_share"] == pytest.approx(1 - (1.0 - OBSERVED_WITHIN) / 4, abs=0.01)
+    # within OBSERVED_WITHIN the next state stands for the time before it (it moved up to 2.5 cm since)
+    assert d["error_mean"] == pytest.approx(0.05, abs=1e-3) and r["segments"][0]["error_max"] < 0.05 + 0.026
+    gap = observed_positions(np.array([0.0, 0.2]), np.zeros((2, 3)), np.array([0.0, 0.1, 0.2]))
+    assert np.isnan(gap[1]).all(), "a state 0.1 s later does not stand for the time before it"
 
 
 @pytest.mark.parametrize("text, message", [
