@@ -140,6 +140,7 @@ class RosEngine:
         self.lost = np.zeros(self.n, dtype=bool)  # drones whose bridge stopped answering
         self.alive = set(shares)
         self._states = np.zeros((self.n, STATE_SIZE))
+        self._state = None  # self._states as a DroneState
         self._id = 0
         # where a request's time goes: waiting for the replies, of which the slowest bridge's own work
         self.timing = {"requests": 0, "wait_s": 0.0, "bridge_s": 0.0}
@@ -149,7 +150,9 @@ class RosEngine:
 
     @property
     def state(self):
-        return unpack_states(self._states, self.dtype)
+        if self._state is None:  # unpacked once per reply, however often the environment reads it
+            self._state = unpack_states(self._states, self.dtype)
+        return self._state
 
     def reset(self, state, index=None):
         self._per_bridge("reset", self._rows(index), pack_states(state))
@@ -210,6 +213,7 @@ class RosEngine:
                 if reply.header.frame_id.startswith("error:"):
                     raise RuntimeError(f"training bridge {b} refused {kind}: {reply.name[0] if reply.name else '?'}")
                 self._states[self.slices[b]] = np.frombuffer(reply.position, dtype=np.float64).reshape(-1, STATE_SIZE)
+                self._state = None
                 bridge_s = max(bridge_s, reply.velocity[0] if len(reply.velocity) else 0.0)
                 pending.discard(b)
             now = time.monotonic()
