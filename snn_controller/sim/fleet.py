@@ -179,18 +179,12 @@ class FleetSimulator:
         """The step a stamp names (rounded to the nearest step)."""
         return step_of_stamp(stamp_ns, self.dt_ns)
 
-    def _initial_state(self, names: list[str]):
-        pos = np.array([self.robots[nm].initial_position for nm in names], dtype=np.float64)
-        pos[:, 2] += REST_HEIGHT
-        yaw = np.array([self.robots[nm].initial_yaw for nm in names])
-        return _rest_state(pos, yaw)
-
     def reset(self, name: str | None = None) -> None:
         """Put all drones (or one) back at their initial pose, at rest, motors off; clears emergency
         stops and crashes. The fleet reset also sets the step counter (and the stamps) back to 0."""
         names = self.names if name is None else [name]
         idx = np.array([self._idx(nm) for nm in names])
-        state = self._initial_state(names)
+        state = initial_state([self.robots[nm] for nm in names])
         if name is None:
             self.engine.reset(state)
             self.steps = 0
@@ -363,6 +357,14 @@ class FleetSimulator:
 
     def close(self) -> None:
         self.engine.close()
+
+
+def initial_state(robots: list[RobotConfig]):
+    """Where a reset puts these drones (a DroneState): at rest on the ground below their initial
+    position, with their initial yaw, rotors off."""
+    position = np.array([r.initial_position for r in robots], dtype=np.float64)
+    position[:, 2] += REST_HEIGHT
+    return _rest_state(position, np.array([r.initial_yaw for r in robots], dtype=np.float64))
 
 
 def _rest_state(position: np.ndarray, yaw: np.ndarray):
