@@ -714,7 +714,7 @@ def _plot_replay(time_s, recorded, replayed, error, result: dict, path: Path) ->
     for k, axis in enumerate("xyz"):
         line, = top.plot(time_s, recorded[:, k], lw=1, label=f"{axis} recorded")
         top.plot(time_s, replayed[:, k], lw=1, ls="--", color=line.get_color(), label=f"{axis} replay")
-    top.set(title=f"{result['drone']}: recorded flight and its commands replayed on {result['engine']} "
+    top.set(title=f"{result['drone']}: recorded flight and its commands replayed on {result['engine']}\n"
                   f"({_replay_terms(result)})", ylabel="m")
     _legend(top, fontsize=7, ncol=3)
     top.grid(alpha=0.3)
