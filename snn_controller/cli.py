@@ -455,8 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default BAG_report)")
     p.add_argument("--drone-model", default=None, help="with --bag: the drone model the bag flew (default: "
                    "all.drone of config/crazyflies.yaml)")
-    p.add_argument("--command-delay", type=int, default=None, help="with --bag: sim_bridge's command_delay "
-                   "[steps] (default: the smallest command-age p50 the bridge reported)")
+    p.add_argument("--command-delay", type=int, default=None, help="with a --bag without motor_state (its "
+                   "commands reconstructed): sim_bridge's command_delay [steps] (default: the smallest "
+                   "command-age p50 the bridge reported)")
     p.add_argument("--horizon", type=float, default=None, metavar="SECONDS", help="with --bag: start again "
                    "from the recorded state every SECONDS (default: the whole flight from the first state)")
 

@@ -1,6 +1,8 @@
-"""bridge_schedule (the replay's account of which command sim_bridge applied when) against
-FleetSimulator itself, on a stream of on-time, late, stale, repeated, unstamped, future, NaN and
-out-of-range commands with a silent gap for the watchdog; and arrival_steps' rules."""
+"""What FleetSimulator flew, on a stream of on-time, late, stale, repeated, unstamped, future, NaN
+and out-of-range commands with a silent gap for the watchdog: its own account
+(FleetSimulator.last_flown, which sim_bridge publishes as motor_state) against what went into the
+engine, and bridge_schedule (the replay's reconstruction for bags without motor_state) against
+it; and arrival_steps' rules."""
 
 import numpy as np
 import pytest
@@ -32,11 +34,56 @@ def command_stream(seed: int):
     return stream
 
 
+def fly_stream(sim, stream, stop_at=None):
+    """Feed ``stream`` to drone cf1 of ``sim`` step by step (an emergency stop at step ``stop_at``);
+    per step, what the engine got: (rotor speeds it started from, the commands it flew), and
+    sim.last_flown after the step."""
+    engine_step, engine_got, reported = sim.engine.step, [], []
+
+    def recording_step(action):
+        engine_got.append((sim.engine.state.as_numpy()["rotor_speed"].copy(), np.array(action, dtype=np.float64)))
+        return engine_step(action)
+
+    sim.engine.step = recording_step
+    for s, sent in enumerate(stream):
+        for answered, values in sent:
+            sim.submit("cf1", values, stamp=answered)
+        if s == stop_at:
+            sim.emergency_stop("cf1")
+        sim.step()
+        reported.append(sim.last_flown)
+    return engine_got, reported
+
+
+@pytest.mark.parametrize("command_delay, seed", [(0, 0), (2, 1)])
+def test_the_simulator_reports_the_rotor_speeds_and_the_commands_its_engine_flew(command_delay, seed):
+    stream = command_stream(seed)
+    sim = FleetSimulator(load_drone("cf21"), {"cf1": RobotConfig(), "cf2": RobotConfig((1.0, 0.0, 0.0))},
+                         command_delay=command_delay)
+    try:
+        assert sim.last_flown is None, "no step flown yet"
+        engine_got, reported = fly_stream(sim, stream, stop_at=STEPS - 10)
+        sim.reset()
+        assert sim.last_flown is None, "a fleet reset starts again"
+    finally:
+        sim.close()
+    assert [r.step for r in reported] == list(range(STEPS))
+    for s, ((rotor_speed, flown), r) in enumerate(zip(engine_got, reported)):
+        assert (r.rotor_speed == rotor_speed).all() and (r.command == flown).all(), s
+    cf1 = np.array([r.command[0] for r in reported])
+    assert (cf1[:, 0] > -1).sum() > 100 and (np.abs(cf1) <= 1).all(), "commands flew, clipped to [-1, 1]"
+    assert (cf1[SILENT.start + 51:SILENT.stop] == -1).all(), "the watchdog stopped the motors after 0.5 s"
+    assert (cf1[STEPS - 10:] == -1).all(), "an emergency stop stops them"
+    assert (np.array([r.command[1] for r in reported]) == -1).all(), "a drone never commanded: motors off"
+    rotors = np.array([r.rotor_speed[0] for r in reported])
+    assert rotors.max() > 0 and rotors[0].max() == 0, "the rotors spin up from rest"
+
+
 @pytest.mark.parametrize("command_delay, seed", [(0, 0), (2, 1)])
 def test_schedule_applies_the_commands_fleet_simulator_applies(command_delay, seed):
     stream = command_stream(seed)
     sim = FleetSimulator(load_drone("cf21"), {"cf1": RobotConfig()}, command_delay=command_delay)
-    applied, flown = [], []
+    applied, flown, reported = [], [], []
     try:
         for s, sent in enumerate(stream):
             for answered, values in sent:
@@ -46,6 +93,7 @@ def test_schedule_applies_the_commands_fleet_simulator_applies(command_delay, se
             assert not sim.crashed[0], sim.crash_reason
             flown.append(len(sim.ages[0]) > ages_before)  # an age sample: a command was in force
             applied.append((sim.commands[0].copy(), int(sim.applied_step[0])))
+            reported.append(sim.last_flown.command[0])
     finally:
         sim.close()
     rows = [(s, a if a is not None else -1, v) for s, sent in enumerate(stream) for a, v in sent]
@@ -58,6 +106,7 @@ def test_schedule_applies_the_commands_fleet_simulator_applies(command_delay, se
         assert schedule.answered[s] == answered_step, s
         assert schedule.commands[s] == pytest.approx(command), s
     assert (schedule.commands[schedule.off] == -1).all()
+    assert schedule.commands == pytest.approx(np.array(reported)), "what the simulator says it flew"
     assert schedule.age.tolist() == list(sim.ages[0])
     assert schedule.age.min() >= command_delay
 

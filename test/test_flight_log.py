@@ -65,6 +65,12 @@ def command(step, value):
     return stamp(JointState(name=["m1", "m2", "m3", "m4"], effort=[value] * 4), step * DT_NS)
 
 
+def motor_state(step, rotor_speed, value):
+    from snn_controller.ros.conversions import motor_state_msg, time_from_ns
+
+    return motor_state_msg(time_from_ns(step * DT_NS), [rotor_speed] * 4, [value] * 4)
+
+
 def diagnostics(sim_step, crashed=False, flying="network"):
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
@@ -81,9 +87,10 @@ def diagnostics(sim_step, crashed=False, flying="network"):
     return msg
 
 
-def write_flight(path, reset=True):
+def write_flight(path, reset=True, motor_state_topic=True):
     """cf1 flies steps 0..9, the simulation is reset (if ``reset``), then steps 0..5; the recorder
-    gets each state 2 ms after its step and each answer 5 ms after."""
+    gets each state 2 ms after its step, each answer 5 ms after and, with ``motor_state_topic``,
+    what the step flew 8 ms after (the recorder missed step 3's)."""
     from geometry_msgs.msg import PoseStamped
     from std_msgs.msg import Float32MultiArray, String
 
@@ -93,7 +100,8 @@ def write_flight(path, reset=True):
                         ("/cf1/cmd_motors", "std_msgs/msg/Float32MultiArray"),
                         ("/cf1/goal_pose", "geometry_msgs/msg/PoseStamped"),
                         ("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray"),
-                        ("/mission/status", "std_msgs/msg/String")):
+                        ("/mission/status", "std_msgs/msg/String")) + \
+            ((("/cf1/motor_state", "sensor_msgs/msg/JointState"),) if motor_state_topic else ()):
         bag.add_topic(topic, kind)
     flights = [range(10), range(6)] if reset else [range(6)]
     wall = WALL
@@ -103,6 +111,9 @@ def write_flight(path, reset=True):
             bag.write("/cf1/odom", wall + 2_000_000, serialize_message(odometry(step)))
             answer = command(step, 0.1 * flight + 0.01 * step)
             bag.write("/cf1/cmd_motors_stamped", wall + 5_000_000, serialize_message(answer))
+            if motor_state_topic and step != 3:
+                flew = motor_state(step, 0.02 * step, 0.1 * flight + 0.01 * step)
+                bag.write("/cf1/motor_state", wall + 8_000_000, serialize_message(flew))
             if step == 2:
                 goal = stamp(PoseStamped(), step * DT_NS)
                 goal.pose.position.z = 1.0 + flight
@@ -131,6 +142,10 @@ def test_the_reader_gives_each_drone_its_states_commands_goals_and_diagnostics_a
     assert c.answered_ns.tolist() == [s * DT_NS for s in range(5)] + [UNSTAMPED, 5 * DT_NS], "in the order received"
     assert c.values[3] == pytest.approx([0.13] * 4) and c.values[5] == pytest.approx([-1.0] * 4)
     assert (np.diff(c.receive_ns) > 0).all() and c.receive_ns[0] > WALL
+    m = d.motor_state
+    assert m.stamp_ns.tolist() == [s * DT_NS for s in (0, 1, 2, 4, 5)], "after the reset, as received"
+    assert m.rotor_speed[3] == pytest.approx([0.08] * 4) and m.command[3] == pytest.approx([0.14] * 4)
+    assert (m.receive_ns - o.receive_ns[[0, 1, 2, 4, 5]] == 6_000_000).all()
     assert d.goals.stamp_ns.tolist() == [2 * DT_NS] and d.goals.position[0] == pytest.approx([0, 0, 2.0])
     b = d.bridge
     assert b.time.tolist() == [0.04] and b.command_age.tolist() == [[0, 1, 3]] and b.stale.tolist() == [2]
@@ -144,6 +159,13 @@ def test_the_reader_gives_each_drone_its_states_commands_goals_and_diagnostics_a
 def test_a_bag_without_reset_keeps_every_state_and_needs_no_diagnostics(tmp_path):
     log = read_flight_log(write_flight(tmp_path / "bag", reset=False))
     assert len(log.drone("cf1").odometry.stamp_ns) == 6 and log.drone("cf1").bridge.first_crash() is None
+
+
+def test_a_bag_recorded_before_motor_state_existed_reads_with_an_empty_one(tmp_path):
+    d = read_flight_log(write_flight(tmp_path / "bag", motor_state_topic=False)).drone("cf1")
+    m = d.motor_state
+    assert len(d.odometry.stamp_ns) == 6 and len(d.commands.values) == 7
+    assert m.stamp_ns.shape == m.receive_ns.shape == (0,) and m.rotor_speed.shape == m.command.shape == (0, 4)
 
 
 def test_missing_corrupt_and_foreign_bags_are_errors_that_name_the_path(tmp_path):
@@ -174,5 +196,6 @@ def test_an_unknown_drone_name_is_an_error_that_lists_the_bags_drones(tmp_path):
 def test_the_reader_uses_the_ros_shells_topic_names():
     from snn_controller.ros import topics
 
-    assert (flight_log.ODOM, flight_log.CMD_MOTORS_STAMPED, flight_log.CMD_MOTORS, flight_log.GOAL_POSE) == \
-        (topics.ODOM, topics.CMD_MOTORS_STAMPED, topics.CMD_MOTORS, topics.GOAL_POSE)
+    assert (flight_log.ODOM, flight_log.MOTOR_STATE, flight_log.CMD_MOTORS_STAMPED, flight_log.CMD_MOTORS,
+            flight_log.GOAL_POSE) == \
+        (topics.ODOM, topics.MOTOR_STATE, topics.CMD_MOTORS_STAMPED, topics.CMD_MOTORS, topics.GOAL_POSE)

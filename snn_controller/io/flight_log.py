@@ -4,8 +4,8 @@ Messages are decoded with the message definitions stored in the bag itself (rosb
 ``AnyReader``), so a bag stays readable whatever this package's message set becomes. Two clocks
 appear in a bag:
 
-- sim time: the stamps the simulation writes (odometry, the stamps commands answer, goals, the
-  simulator's /diagnostics, /mission/status' ``start`` and ``time``). A state's stamp is
+- sim time: the stamps the simulation writes (odometry, motor_state, the stamps commands answer,
+  goals, the simulator's /diagnostics, /mission/status' ``start`` and ``time``). A state's stamp is
   ``step * dt`` in integer nanoseconds, so it names one simulation step.
 - receive time: when the recorder got a message (the bag's own timestamp, the recorder's wall
   clock). snn_policy's diagnostics carry no sim stamp; they are placed at the sim time of the
@@ -27,7 +27,8 @@ import numpy as np
 from ..sim.fleet import NS_PER_S
 from ..sim.rotations import quat_to_matrix
 # The per-drone topic names of ros/topics.py (io must not import ros/; a test holds them equal).
-ODOM, CMD_MOTORS_STAMPED, CMD_MOTORS, GOAL_POSE = "odom", "cmd_motors_stamped", "cmd_motors", "goal_pose"
+ODOM, MOTOR_STATE, CMD_MOTORS_STAMPED, CMD_MOTORS, GOAL_POSE = \
+    "odom", "motor_state", "cmd_motors_stamped", "cmd_motors", "goal_pose"
 DIAGNOSTICS, MISSION_STATUS = "/diagnostics", "/mission/status"
 UNSTAMPED = -1  # the answered stamp of an unstamped command (cmd_motors): it answers the simulator's current step
 
@@ -61,6 +62,17 @@ class MotorCommands:
     answered_ns: np.ndarray  # (C,) int64 stamp of the state each command answers; UNSTAMPED (-1) for cmd_motors
     receive_ns: np.ndarray  # (C,) int64 when the recorder got it
     values: np.ndarray  # (C, 4) motor commands m1..m4 in [-1, 1] (as sent: unchecked)
+
+
+@dataclass(frozen=True)
+class MotorState:
+    """What the simulator flew (sim_bridge's motor_state), one row per step, in the order received;
+    empty in a bag without the topic (recorded before it existed, or without it)."""
+
+    stamp_ns: np.ndarray  # (S,) int64 the state the step started from (its odometry's stamp)
+    receive_ns: np.ndarray  # (S,) int64 when the recorder got it
+    rotor_speed: np.ndarray  # (S, 4) normalized rotor speeds at that state
+    command: np.ndarray  # (S, 4) the motor commands in [-1, 1] the engine flew over the step
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,7 @@ class DroneLog:
     name: str
     odometry: Odometry
     commands: MotorCommands
+    motor_state: MotorState
     goals: Goals
     policy: PolicyStatus
     bridge: BridgeStatus
@@ -154,7 +167,8 @@ def read_flight_log(path: str | Path) -> FlightLog:
     sim_clock = _sim_clock(odometry)
     diagnostics = messages.get(DIAGNOSTICS, [])
     drones = {name: DroneLog(
-        name, odometry[name], _commands(messages, name), _goals(messages.get(f"/{name}/{GOAL_POSE}", [])),
+        name, odometry[name], _commands(messages, name), _motor_state(messages.get(f"/{name}/{MOTOR_STATE}", [])),
+        _goals(messages.get(f"/{name}/{GOAL_POSE}", [])),
         _policy_status(diagnostics, name, sim_clock), _bridge_status(diagnostics, name)) for name in names}
     return FlightLog(path, _control_period(odometry), drones, _mission_status(messages.get(MISSION_STATUS, [])))
 
@@ -239,6 +253,14 @@ def _commands(messages: dict, name: str) -> MotorCommands:
     rows = sorted((r for r in stamped + unstamped if len(r[2]) == 4), key=lambda r: r[0])
     return MotorCommands(np.array([r[1] for r in rows], dtype=np.int64), np.array([r[0] for r in rows], dtype=np.int64),
                          np.array([r[2] for r in rows], dtype=np.float64).reshape(-1, 4))
+
+
+def _motor_state(rows) -> MotorState:
+    rows = [(t, m) for t, m in rows if len(m.velocity) == 4 and len(m.effort) == 4]  # sim_bridge's: 4 motors
+    return MotorState(np.array([_stamp_ns(m.header.stamp) for _, m in rows], dtype=np.int64),
+                      np.array([t for t, _ in rows], dtype=np.int64),
+                      np.array([m.velocity for _, m in rows], dtype=np.float64).reshape(-1, 4),
+                      np.array([m.effort for _, m in rows], dtype=np.float64).reshape(-1, 4))
 
 
 def _goals(rows) -> Goals:

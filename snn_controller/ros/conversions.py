@@ -42,6 +42,15 @@ def motor_command_msg(stamp: Time, action) -> JointState:
     return msg
 
 
+def motor_state_msg(stamp: Time, rotor_speed, command) -> JointState:
+    """What the simulator flew over the step from the state stamped ``stamp``: the rotor speeds at
+    that state in ``velocity`` (normalized, the engines' units) and the motor commands it flew in
+    ``effort`` ([-1, 1]), per motor m1..m4."""
+    msg = JointState(name=MOTOR_NAMES, velocity=[float(w) for w in rotor_speed], effort=[float(a) for a in command])
+    msg.header.stamp = stamp
+    return msg
+
+
 def _set_quaternion(msg_q, q_wxyz) -> None:
     msg_q.w, msg_q.x, msg_q.y, msg_q.z = (float(v) for v in q_wxyz)
 

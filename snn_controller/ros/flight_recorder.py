@@ -4,8 +4,8 @@ What it records (parameters declared at the top of FlightRecorder, with their de
 
 - the fleet's topics, by default (``fleet``: true): for every enabled drone <name> of the fleet
   file ``crazyflies`` ('' = the package's config/crazyflies.yaml), /<name>/<t> for each t of
-  ``drone_topics`` (default topics.DRONE_TOPICS: odom, pose, imu, cmd_motors_stamped, cmd_motors,
-  goal_pose), and ``fleet_topics`` (default: /diagnostics, where the policy and the bridge report
+  ``drone_topics`` (default topics.DRONE_TOPICS: odom, pose, imu, motor_state, cmd_motors_stamped,
+  cmd_motors, goal_pose), and ``fleet_topics`` (default: /diagnostics, where the policy and the bridge report
   spike rates, who flies and command ages; /mission/status; /clock);
 - ``topics``: these topics, as given (a relative name resolves in the node's namespace);
 - ``regex``: every topic of the graph whose whole name matches this regular expression.

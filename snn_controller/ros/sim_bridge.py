@@ -11,6 +11,15 @@ the newest state); services <name>/reset and <name>/emergency (std_srvs/Trigger)
 accepted, clamped, rejected and stale commands, watchdog timeouts, command age p50/p99/max in
 steps, crashed and the crash count).
 
+What it flew: <name>/motor_state (sensor_msgs/JointState) once per simulated step, stamped with
+the state the step started from (that state's odometry stamp): name m1..m4, velocity = the rotor
+speeds at that state (normalized, the engines' rotor_speed), effort = the motor commands the engine
+flew over the step, after the bridge's rules (clipping, stale commands, command_delay, the watchdog,
+motors off when stopped, crashed or not commanded yet). A step's motor_state is known once the step
+is taken, so it goes out right after the next state's odometry, pose and imu (the controllers wait
+for those, the recorder does not); a reset or a lockstep re-send publishes none. A bag with it
+replays exactly (``snnctl sim replay --bag``) without reconstructing these rules.
+
 Command age: control steps between the state a command answers and the step it is applied to
 (0 when every answer arrives before the next step). A warning (rate-limited) says when its p99
 exceeds ``command_age_warn``. ``command_delay`` adds that many steps of latency on purpose.
@@ -49,7 +58,7 @@ from std_srvs.srv import Trigger
 from ..sim.drone import load_drone
 from ..sim.fleet import CrashLimits, FleetSimulator, load_fleet
 from . import qos, topics
-from .conversions import imu_msg, odometry_msg, pose_msg, stamp_ns, time_from_ns
+from .conversions import imu_msg, motor_state_msg, odometry_msg, pose_msg, stamp_ns, time_from_ns
 from .node_main import run
 
 MODES = ("realtime", "lockstep", "fast")
@@ -107,11 +116,12 @@ class SimBridge(Node):
         if self.real_time_factor < 0:
             raise ValueError(f"parameter real_time_factor must be >= 0, got {self.real_time_factor}")
         self.clock_pub = self.create_publisher(Clock, "/clock", qos.CLOCK)
-        self.pubs = {}
+        self.pubs, self.motor_state_pubs = {}, {}
         for name in self.sim.names:
             self.pubs[name] = (self.create_publisher(Odometry, f"{name}/{topics.ODOM}", qos.STATE),
                                self.create_publisher(PoseStamped, f"{name}/{topics.POSE}", qos.STATE),
                                self.create_publisher(Imu, f"{name}/{topics.IMU}", qos.STATE))
+            self.motor_state_pubs[name] = self.create_publisher(JointState, f"{name}/{topics.MOTOR_STATE}", qos.STATE)
             self.create_subscription(JointState, f"{name}/{topics.CMD_MOTORS_STAMPED}",
                                      lambda msg, n=name: self.on_stamped_command(n, msg), qos.COMMAND)
             self.create_subscription(Float32MultiArray, f"{name}/{topics.CMD_MOTORS}",
@@ -211,6 +221,7 @@ class SimBridge(Node):
             self.get_logger().error(f"{name} crashed: {reason}; motors off until {name}/reset or ~/reset")
         self.last_step_wall = time.monotonic()
         self.publish()
+        self.publish_motor_states()
 
     def check_pace(self) -> None:
         lag = (time.monotonic() - self.wall_start) - (self.sim.time - self.sim_start)
@@ -232,6 +243,13 @@ class SimBridge(Node):
             if odometry_only_to is None:
                 pose.publish(pose_msg(out, stamp, self.frame_id))
                 imu.publish(imu_msg(out, stamp, name))
+
+    def publish_motor_states(self) -> None:
+        """What the engine flew over the step just taken (see the module docstring)."""
+        flown = self.sim.last_flown
+        stamp = time_from_ns(self.sim.stamp_ns(flown.step))
+        for name, i in self.sim.index.items():
+            self.motor_state_pubs[name].publish(motor_state_msg(stamp, flown.rotor_speed[i], flown.command[i]))
 
     def destroy_node(self):
         self.sim.close()

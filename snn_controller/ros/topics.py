@@ -7,14 +7,15 @@ that flies the one drone of its own namespace uses the bare names (relative topi
 ODOM = "odom"  # nav_msgs/Odometry, sim_bridge -> controllers
 POSE = "pose"  # geometry_msgs/PoseStamped, sim_bridge
 IMU = "imu"  # sensor_msgs/Imu, sim_bridge
+MOTOR_STATE = "motor_state"  # sensor_msgs/JointState, sim_bridge: the rotor speeds and the commands it flew
 CMD_MOTORS_STAMPED = "cmd_motors_stamped"  # sensor_msgs/JointState, controllers -> sim_bridge
 CMD_MOTORS = "cmd_motors"  # std_msgs/Float32MultiArray, unstamped, your controller -> sim_bridge
 GOAL_POSE = "goal_pose"  # geometry_msgs/PoseStamped, mission_sequencer or you -> controllers
 
-DRONE_TOPICS = (ODOM, POSE, IMU, CMD_MOTORS_STAMPED, CMD_MOTORS, GOAL_POSE)
-# What flight_recorder records of each drone by default: the flight, without pose and imu (they
-# repeat odom), which halves the recorder's load on a 2-core machine.
-FLIGHT_TOPICS = (ODOM, CMD_MOTORS_STAMPED, CMD_MOTORS, GOAL_POSE)
+DRONE_TOPICS = (ODOM, POSE, IMU, MOTOR_STATE, CMD_MOTORS_STAMPED, CMD_MOTORS, GOAL_POSE)
+# What the simulated launch files record of each drone: the flight, without pose and imu (they
+# repeat odom), which halves the recorder's load on a 2-core machine; motor_state makes it replayable.
+FLIGHT_TOPICS = (ODOM, MOTOR_STATE, CMD_MOTORS_STAMPED, CMD_MOTORS, GOAL_POSE)
 
 
 def drone_topic(name: str, topic: str) -> str:

@@ -5,10 +5,13 @@ angular_velocity (N,3) body rad/s, rotor_speed (N,4) normalised, actions (N,T,4)
 optional dt (s). Output (.npz): the five state keys with shape (N, T+1, ...), index 0 the
 initial state, plus ``time`` (T+1,) and ``dt``.
 
-Replaying a recorded flight (``snnctl sim replay --bag``): :func:`bridge_schedule` works out which
-command the simulator (``sim/fleet.py``) had in force at each step from the commands' stamps and
-the step each reached it at (:func:`arrival_steps`), and :func:`replay_flight` flies them as the
-simulator did: from the ground, with the crash supervisor.
+Replaying a recorded flight (``snnctl sim replay --bag``, report.py): :func:`replay_flight` flies
+the commands as the simulator did, with a ground and the crash supervisor. A bag with sim_bridge's
+motor_state says which command the simulator flew at each step. For a bag without it (recorded
+before the topic existed, or with a topic list that left it out), :func:`bridge_schedule` works
+out which command the simulator (``sim/fleet.py``) had in force at each step from the commands'
+stamps and the step each reached it at (:func:`arrival_steps`): the same rules again, held equal
+to FleetSimulator by a test, exact in lockstep where the recorder lost no command.
 """
 
 from __future__ import annotations
@@ -133,7 +136,8 @@ def bridge_schedule(answered: np.ndarray, arrival: np.ndarray, values: np.ndarra
     """The commands FleetSimulator applied at steps 0..steps-1, given each received command's
     ``answered`` step (the state it answers; -1: unstamped), its ``arrival`` step (the simulator's
     step counter when it took the command: it can apply from that step on) and its 4 ``values``,
-    in the order received.
+    in the order received. For the replay of a bag without motor_state: a bag with it says what
+    FleetSimulator flew (its ``last_flown``).
 
     The rules are FleetSimulator.submit and .step's: a command answering a step not simulated yet,
     or with NaN / inf, is rejected; one answering an older step than one already received is stale

@@ -15,6 +15,11 @@ the simulator knows which state each command answers. From that it keeps, per dr
 - the lockstep rule (:meth:`FleetSimulator.ready`): step when every flying drone has answered the
   current step.
 
+What the engine flew: after each step :attr:`FleetSimulator.last_flown` holds, per drone, the rotor
+speeds at the state the step started from and the motor commands the engine flew over it (after
+every rule above, and motors off when stopped, crashed or never commanded): sim_bridge publishes it
+as ``<name>/motor_state``, so that a recorded flight replays without reconstructing the rules.
+
 Also here: command validation and counters, the command watchdog (motors stop when a drone's
 last command was received more than ``command_timeout`` of simulated time ago, as the real
 firmware does), emergency stops, resets, the per-drone outputs (odometry, IMU), and the crash
@@ -102,6 +107,15 @@ def controlled_drones(fleet_file: str, namespace: str) -> dict[str, str]:
     return {namespace.strip("/") or "/": ""}
 
 
+@dataclass(frozen=True)
+class FlownStep:
+    """What the engine flew over one control step; rows in the order of FleetSimulator.names."""
+
+    step: int  # the step it started from (its state is stamped step * dt_ns)
+    rotor_speed: np.ndarray  # (N, 4) normalized rotor speeds at that state
+    command: np.ndarray  # (N, 4) the motor commands in [-1, 1] the engine flew over the step
+
+
 @dataclass
 class DroneCounters:
     accepted: int = 0
@@ -149,6 +163,7 @@ class FleetSimulator:
         self.crash_reason = {name: "" for name in self.names}
         self.held = {}  # index -> rest pose (position, yaw) of a runaway drone, held there until reset
         self.steps = 0
+        self.last_flown: FlownStep | None = None  # the last step, None until the first after a fleet reset
         self.reset()
 
     @property
@@ -164,21 +179,16 @@ class FleetSimulator:
         """The step a stamp names (rounded to the nearest step)."""
         return step_of_stamp(stamp_ns, self.dt_ns)
 
-    def _initial_state(self, names: list[str]):
-        pos = np.array([self.robots[nm].initial_position for nm in names], dtype=np.float64)
-        pos[:, 2] += REST_HEIGHT
-        yaw = np.array([self.robots[nm].initial_yaw for nm in names])
-        return _rest_state(pos, yaw)
-
     def reset(self, name: str | None = None) -> None:
         """Put all drones (or one) back at their initial pose, at rest, motors off; clears emergency
         stops and crashes. The fleet reset also sets the step counter (and the stamps) back to 0."""
         names = self.names if name is None else [name]
         idx = np.array([self._idx(nm) for nm in names])
-        state = self._initial_state(names)
+        state = initial_state([self.robots[nm] for nm in names])
         if name is None:
             self.engine.reset(state)
             self.steps = 0
+            self.last_flown = None
         else:
             self.engine.reset(state, idx)
         self.commands[idx] = -1.0
@@ -191,8 +201,13 @@ class FleetSimulator:
             self.crash_reason[self.names[i]] = ""
         self.stopped[idx] = False
         self.crashed[idx] = False
-        self._velocity = self.engine.state.velocity.numpy().copy()
+        self._keep_engine_state(self.engine.state.as_numpy())
         self._accel = np.zeros((len(self.names), 3))
+
+    def _keep_engine_state(self, s: dict[str, np.ndarray]) -> None:
+        """Keep what the next step needs of the engine's state: the velocity (for the acceleration
+        and the crash supervisor) and the rotor speeds it starts from (for :attr:`last_flown`)."""
+        self._velocity, self._rotor_speed = s["velocity"], s["rotor_speed"]
 
     def _idx(self, name: str) -> int:
         if name not in self.index:
@@ -263,13 +278,15 @@ class FleetSimulator:
         off = silent | self.stopped | self.crashed | (self.applied_step < 0)
         for i in np.flatnonzero(~off):
             self.ages[i].append(self.steps - self.applied_step[i])
-        state = self.engine.step(np.where(off[:, None], -1.0, self.commands)).as_numpy()
+        flown = np.where(off[:, None], -1.0, self.commands)
+        self.last_flown = FlownStep(self.steps, self._rotor_speed, flown)
+        state = self.engine.step(flown).as_numpy()
         self.steps += 1
         crashes = self._supervise(state)
-        velocity = self.engine.state.velocity.numpy().copy() if self.held else state["velocity"]
-        self._accel = (velocity - self._velocity) / self.dt
+        previous_velocity = self._velocity
+        self._keep_engine_state(self.engine.state.as_numpy() if self.held else state)  # held: reset to rest
+        self._accel = (self._velocity - previous_velocity) / self.dt
         self._accel[list(self.held)] = 0.0
-        self._velocity = velocity
         return crashes
 
     def _supervise(self, s: dict[str, np.ndarray]) -> dict[str, str]:
@@ -340,6 +357,14 @@ class FleetSimulator:
 
     def close(self) -> None:
         self.engine.close()
+
+
+def initial_state(robots: list[RobotConfig]):
+    """Where a reset puts these drones (a DroneState): at rest on the ground below their initial
+    position, with their initial yaw, rotors off."""
+    position = np.array([r.initial_position for r in robots], dtype=np.float64)
+    position[:, 2] += REST_HEIGHT
+    return _rest_state(position, np.array([r.initial_yaw for r in robots], dtype=np.float64))
 
 
 def _rest_state(position: np.ndarray, yaw: np.ndarray):
