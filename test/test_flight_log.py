@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-from snn_controller.io import flight_log
 from snn_controller.io.bag import TYPESTORE, BagWriter
 from snn_controller.io.flight_log import UNSTAMPED, FlightLogError, read_flight_log
 
@@ -193,9 +192,3 @@ def test_an_unknown_drone_name_is_an_error_that_lists_the_bags_drones(tmp_path):
         log.drone("cf9")
 
 
-def test_the_reader_uses_the_ros_shells_topic_names():
-    from snn_controller.ros import topics
-
-    assert (flight_log.ODOM, flight_log.MOTOR_STATE, flight_log.CMD_MOTORS_STAMPED, flight_log.CMD_MOTORS,
-            flight_log.GOAL_POSE) == \
-        (topics.ODOM, topics.MOTOR_STATE, topics.CMD_MOTORS_STAMPED, topics.CMD_MOTORS, topics.GOAL_POSE)

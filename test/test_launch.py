@@ -12,7 +12,7 @@ from snn_controller.config import ConfigError
 from snn_controller.ros.launch import PLANNED_NODES, LaunchRunner, find_launch_file, node_command, parse_launch
 from snn_controller.ros import NODES
 from snn_controller.ros.flight_recorder import FLEET_TOPICS, recorded_topics
-from snn_controller.ros.topics import DRONE_TOPICS, FLIGHT_TOPICS
+from snn_controller.io.topics import DRONE_TOPICS, FLIGHT_TOPICS
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.yaml"))

@@ -14,7 +14,7 @@ import yaml
 
 from snn_controller.io.bag import BagWriter
 from snn_controller.ros.flight_recorder import FLEET_TOPICS, recorded_topics
-from snn_controller.ros.topics import DRONE_TOPICS
+from snn_controller.io.topics import DRONE_TOPICS
 
 HERE = Path(__file__).resolve().parent
 

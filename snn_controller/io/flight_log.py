@@ -26,10 +26,8 @@ import numpy as np
 
 from ..sim.fleet import NS_PER_S
 from ..sim.rotations import quat_to_matrix
-# The per-drone topic names of ros/topics.py (io must not import ros/; a test holds them equal).
-ODOM, MOTOR_STATE, CMD_MOTORS_STAMPED, CMD_MOTORS, GOAL_POSE = \
-    "odom", "motor_state", "cmd_motors_stamped", "cmd_motors", "goal_pose"
-DIAGNOSTICS, MISSION_STATUS = "/diagnostics", "/mission/status"
+from .topics import CMD_MOTORS, CMD_MOTORS_STAMPED, DIAGNOSTICS, GOAL_POSE, MISSION_STATUS, MOTOR_STATE, ODOM
+
 UNSTAMPED = -1  # the answered stamp of an unstamped command (cmd_motors): it answers the simulator's current step
 
 

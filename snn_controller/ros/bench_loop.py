@@ -18,7 +18,8 @@ def bench_loop(model: str | None = None, rates=(100.0, 500.0), seconds: float = 
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import JointState
 
-    from . import qos, topics
+    from ..io import topics
+    from . import qos
     from .conversions import stamp_ns, time_from_ns
 
     cmd = [sys.executable, "-m", "snn_controller.ros.snn_policy", "--ros-args", "-r", "__ns:=/bench"]

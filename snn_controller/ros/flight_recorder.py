@@ -48,12 +48,12 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 
 from ..io.bag import TYPESTORE, BagWriter
 from ..sim.fleet import load_fleet
-from .topics import DRONE_TOPICS, drone_topic
+from ..io.topics import DIAGNOSTICS, DRONE_TOPICS, MISSION_STATUS, drone_topic
 
 EXECUTORS = ("events", "single")
 ANY_NUMBER = ParameterDescriptor(dynamic_typing=True)  # seconds given as 60 or 60.0
 # The fleet's shared topics: both controllers' and the bridge's diagnostics, the mission, sim time.
-FLEET_TOPICS = ("/diagnostics", "/mission/status", "/clock")
+FLEET_TOPICS = (DIAGNOSTICS, MISSION_STATUS, "/clock")
 
 
 def message_class(msgtype: str):

@@ -22,7 +22,8 @@ from std_msgs.msg import String
 
 from ..sim.fleet import load_fleet
 from ..task.mission import load_mission, take_off_points
-from . import qos, topics
+from ..io import topics
+from . import qos
 from .conversions import NS_PER_S, stamp_ns
 from .node_main import run
 
@@ -45,7 +46,7 @@ class MissionSequencer(Node):
         self.homes = take_off_points(robots)
         self.pubs = {name: self.create_publisher(PoseStamped, topics.drone_topic(name, topics.GOAL_POSE),
                                                  qos.LATCHED) for name in robots}
-        self.status_pub = self.create_publisher(String, "/mission/status", qos.LATCHED)
+        self.status_pub = self.create_publisher(String, topics.MISSION_STATUS, qos.LATCHED)
         self.start_ns = self.last_ns = None  # sim time of mission t = 0; of the last goal update
         self.create_subscription(Clock, "/clock", self.on_clock, qos.CLOCK)
         self.get_logger().info(f"mission {self.mission.name} ({self.mission.duration:.1f} s) for {list(robots)}, "

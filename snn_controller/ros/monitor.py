@@ -19,7 +19,8 @@ from nav_msgs.msg import Odometry
 from rclpy.node import Node
 from std_msgs.msg import String
 
-from . import qos, topics
+from ..io import topics
+from . import qos
 from .conversions import NS_PER_S, odometry_arrays, stamp_ns
 
 AGE_KEYS = ("p50", "p99", "max")
@@ -39,9 +40,9 @@ class FleetMonitor(Node):
         for name in names:
             self.create_subscription(Odometry, topics.drone_topic(name, topics.ODOM),
                                      lambda m, n=name: self._on_odom(n, m), qos.OBSERVER)
-        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, qos.OBSERVER)
+        self.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self._on_diagnostics, qos.OBSERVER)
         self.mission_start = None  # sim time of mission t = 0, from mission_sequencer's /mission/status
-        self.create_subscription(String, "/mission/status", self._on_mission_status, qos.LATCHED)
+        self.create_subscription(String, topics.MISSION_STATUS, self._on_mission_status, qos.LATCHED)
 
     def _on_mission_status(self, msg):
         self.mission_start = json.loads(msg.data)["start"]

@@ -29,7 +29,8 @@ from ..control.pid import PIDController, load_pid_gains
 from ..control.pilot import StampedPilot
 from ..sim.drone import load_drone
 from ..sim.fleet import controlled_drones, load_fleet
-from . import qos, topics
+from ..io import topics
+from . import qos
 from .conversions import motor_command_msg, odometry_arrays, pose_target, stamp_ns
 from .node_main import run
 

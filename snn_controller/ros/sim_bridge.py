@@ -57,7 +57,8 @@ from std_srvs.srv import Trigger
 
 from ..sim.drone import load_drone
 from ..sim.fleet import CrashLimits, FleetSimulator, load_fleet
-from . import qos, topics
+from ..io import topics
+from . import qos
 from .conversions import imu_msg, motor_state_msg, odometry_msg, pose_msg, stamp_ns, time_from_ns
 from .node_main import run
 
@@ -129,7 +130,7 @@ class SimBridge(Node):
             self.create_service(Trigger, f"{name}/reset", lambda req, res, n=name: self.on_reset(res, n))
             self.create_service(Trigger, f"{name}/emergency", lambda req, res, n=name: self.on_emergency(res, n))
         self.create_service(Trigger, "~/reset", lambda req, res: self.on_reset(res, None))
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos.STATE)
+        self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos.STATE)
         self.create_timer(1.0, self.on_diagnostics)
         self.last_step_wall = self.last_send_wall = time.monotonic()
         self.wall_start, self.sim_start = time.monotonic(), self.sim.time

@@ -48,7 +48,8 @@ from ..io.model_file import load_model
 from ..networks.spiking_numpy import NumpySpikingActor
 from ..sim.drone import load_drone
 from ..sim.fleet import controlled_drones, load_fleet
-from . import qos, topics
+from ..io import topics
+from . import qos
 from .conversions import motor_command_msg, odometry_arrays, pose_target, stamp_ns
 from .node_main import run
 
@@ -111,7 +112,7 @@ class SNNPolicyNode(Node):
                                      qos.LATEST_STATE)
             self.create_subscription(PoseStamped, prefix + topics.GOAL_POSE, lambda m, n=name: self.on_goal(n, m),
                                      qos.LATCHED)
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos.STATE)
+        self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos.STATE)
         self.create_service(Trigger, "~/reset", self.on_reset)
         self.create_timer(self.odom_timeout / 2, self.on_watchdog)
         self.create_timer(1.0, self.on_diagnostics)

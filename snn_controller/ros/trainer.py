@@ -22,6 +22,7 @@ from rclpy.node import Node
 from std_msgs.msg import String
 
 from ..config import package_root
+from ..io import topics
 from . import qos
 from .node_main import run
 
@@ -41,7 +42,7 @@ class TrainerNode(Node):
             self.config = replace(self.config, seed=seed)
         self.out = out or f"runs/{self.config.name}_seed{self.config.seed}"
         self.progress_pub = self.create_publisher(String, "~/progress", qos.LATCHED)
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos.STATE)
+        self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos.STATE)
         self.stop = threading.Event()
         self.result = None
         self.worker = threading.Thread(target=self.train, daemon=True)

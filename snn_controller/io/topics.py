@@ -1,4 +1,5 @@
-"""The per-drone topic names, written once: every node, the monitor and the recorder use this table.
+"""The topic names, written once: every node, the monitor, the recorder and the bag reader use this
+table (plain names: the bag reader imports no ROS).
 
 A drone <name> of the fleet file has its topics under its namespace: /<name>/odom, ... A node
 that flies the one drone of its own namespace uses the bare names (relative topics).
@@ -11,6 +12,9 @@ MOTOR_STATE = "motor_state"  # sensor_msgs/JointState, sim_bridge: the rotor spe
 CMD_MOTORS_STAMPED = "cmd_motors_stamped"  # sensor_msgs/JointState, controllers -> sim_bridge
 CMD_MOTORS = "cmd_motors"  # std_msgs/Float32MultiArray, unstamped, your controller -> sim_bridge
 GOAL_POSE = "goal_pose"  # geometry_msgs/PoseStamped, mission_sequencer or you -> controllers
+
+DIAGNOSTICS = "/diagnostics"  # diagnostic_msgs/DiagnosticArray: sim_bridge's and snn_policy's status per drone
+MISSION_STATUS = "/mission/status"  # std_msgs/String (JSON), mission_sequencer
 
 DRONE_TOPICS = (ODOM, POSE, IMU, MOTOR_STATE, CMD_MOTORS_STAMPED, CMD_MOTORS, GOAL_POSE)
 # What the simulated launch files record of each drone: the flight, without pose and imu (they
