@@ -154,7 +154,7 @@ def export_nir(model_path, out_path) -> dict:
     write_atomically(Path(out_path), lambda tmp: nir.write(tmp, graph), "NIR file")
     betas = [np.clip(tensors[f"layers.{i}.beta"], 0.0, 1.0) for i in range(len(manifest["architecture"]["hidden"]))]
     return {"model": str(model_path), "out": str(out_path), "format": "nir", "nir_version": nir.__version__,
-            "nodes": [f"{name}:{type(node).__name__}" for name, node in graph.nodes.items()], "dt": manifest["dt"],
+            "nodes": list(graph.nodes), "dt": manifest["dt"],
             "neurons_without_leak": int(sum((b == 1.0).sum() for b in betas))}
 
 
