@@ -429,6 +429,33 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _export_nir(model: str, out: str) -> tuple[dict, str]:
+    from .export.nir_graph import export_nir
+
+    r = export_nir(model, out)
+    return r, (f"{model} -> {out}: NIR graph {' -> '.join(r['nodes'])}, dt {r['dt']} s; the reset (subtractive, "
+               "one step late) and the tanh readout are stated in metadata only (docs/nir.md)")
+
+
+EXPORT_FORMATS = {"nir": (_export_nir, ".nir")}  # --format: (writer(model, out) -> (result, text), default suffix)
+
+
+def cmd_export(args) -> int:
+    writer, suffix = EXPORT_FORMATS[args.format]
+    r, text = writer(args.model, args.out or os.path.splitext(args.model)[0] + suffix)
+    _emit(args, r, text)
+    return 0
+
+
+def cmd_import_nir(args) -> int:
+    from .export.nir_graph import import_nir
+
+    r = import_nir(args.file, args.out)
+    _emit(args, r, f"{args.file} -> {args.out}: {r['architecture']['type']} {r['architecture']['hidden']}, "
+                   f"dt {r['dt']} s, drone {r['drone']}")
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snnctl", description=__doc__.splitlines()[0])
@@ -537,6 +564,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guide", default=None, help="override the config's guide: 'pid', a PID gains file (.yaml), 'none' or a guide ANN file")
     p.add_argument("--out", default=None, help="run directory (default runs/<name>_seed<S>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+    p = add(sub, "export", cmd_export, "write a model file in another format (nir: a NIR graph, docs/nir.md)")
+    p.add_argument("model", help="model file (.safetensors)")
+    p.add_argument("--format", choices=sorted(EXPORT_FORMATS), required=True)
+    p.add_argument("--out", default=None, help="file to write (default: the model's name with the format's suffix)")
+    p = add(sub, "import-nir", cmd_import_nir, "write the model file of a NIR graph that `snnctl export` wrote")
+    p.add_argument("file", help="NIR file (.nir, HDF5)")
+    p.add_argument("--out", required=True, help="model file to write (.safetensors)")
 
     p = add(sub, "launch", cmd_launch, "run a ROS 2 YAML launch file (no ros2 launch needed)")
     p.add_argument("file", help="launch file name in launch/ or a path")
