@@ -429,6 +429,18 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """A model file for use outside this package, in the format named by --format."""
+    if args.format == "c":
+        from .export.c_module import export_c_module
+
+        r = export_c_module(args.model, args.out, prefix=args.name)
+        text = (f"wrote {' and '.join(r['files'])}: {r['network']}, {r['weight_bytes']} bytes of weights, "
+                f"{r['state_bytes']} bytes of state (model sha256 {r['sha256'][:12]})")
+    _emit(args, r, text)
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snnctl", description=__doc__.splitlines()[0])
@@ -536,6 +548,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guide", default=None, help="override the config's guide: 'pid', a PID gains file (.yaml), 'none' or a guide ANN file")
     p.add_argument("--out", default=None, help="run directory (default runs/<name>_seed<S>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+    p = add(sub, "export", cmd_export, "export a model file for use elsewhere: c = a C99 module for on-board "
+            "flight (docs/onboard.md)")
+    p.add_argument("model", help="model file (.safetensors)")
+    p.add_argument("--format", choices=["c"], required=True, help="c: PREFIX.h and PREFIX.c")
+    p.add_argument("--out", required=True, help="directory to write to (created if missing)")
+    p.add_argument("--name", default=None, metavar="PREFIX",
+                   help="c: prefix of the file and symbol names (default: the model file's name)")
 
     p = add(sub, "launch", cmd_launch, "run a ROS 2 YAML launch file (no ros2 launch needed)")
     p.add_argument("file", help="launch file name in launch/ or a path")
