@@ -97,7 +97,7 @@ def cmd_bench_policy(args) -> int:
 
     r = bench_policy(args.model, repeats=args.repeats)
     lines = [f"single-step latency, {r['network']}, batch 1, 1 thread (p50 / p99):"]
-    for key in ("numpy_float32", "numpy_float64", "torch", "snntorch"):
+    for key in ("numpy_float32", "numpy_float64", "torch", "snntorch", "c_ctypes", "ctypes_noop"):
         if r.get(key):
             lines.append(f"  {key:14s} {r[key]['p50_us']:8.1f} us / {r[key]['p99_us']:8.1f} us")
     if r.get("snntorch") is None:
@@ -105,6 +105,12 @@ def cmd_bench_policy(args) -> int:
     else:
         lines.append(f"  numpy (float32) is {r['speedup_numpy_vs_snntorch']:.1f}x faster than snnTorch "
                      f"{r['snntorch_version']}")
+    if r.get("c_ctypes") is None:
+        lines.append("  " + r["c_note"])
+    else:
+        lines.append(f"  the exported C step (snnctl export --format c, gcc -O2) through ctypes; a ctypes call of a "
+                     f"C step that does nothing costs {r['ctypes_noop']['p50_us']:.1f} us of it, so the step itself "
+                     f"takes about {r['c_step_without_ctypes_p50_us']:.1f} us")
     _emit(args, r, "\n".join(lines))
     return 0
 
