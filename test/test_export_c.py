@@ -134,3 +134,117 @@ def test_the_export_needs_no_torch():
     code = "import sys\nimport snn_controller.export.c_module, snn_controller.export.host\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+# The example controller of docs/onboard.md on this machine, against a Crazyflie firmware checkout's
+# headers: FreeRTOS, the PID and its resets stubbed, the simulator's states in the firmware's structs.
+FIRMWARE_STUBS = {
+    "FreeRTOS.h": "#pragma once\n#include <stdint.h>\n#define M2T(x) (x)\ntypedef uint32_t TickType_t;\n",
+    "task.h": "#pragma once\nvoid vTaskDelay(TickType_t ticks);\n",
+    "autoconf.h": "#define CONFIG_CONTROLLER_OOT 1\n",
+}
+HARNESS = r"""
+#include <stdio.h>
+#include "FreeRTOS.h"
+#include "attitude_controller.h"
+#include "controller.h"
+#include "controller_pid.h"
+#include "position_controller.h"
+void vTaskDelay(TickType_t ticks) { (void)ticks; }
+void controllerPidInit(void) {}
+bool controllerPidTest(void) { return true; }
+void controllerPid(control_t *control, const setpoint_t *setpoint, const sensorData_t *sensors, const state_t *state,
+                   const stabilizerStep_t step)
+{ (void)setpoint; (void)sensors; (void)state; (void)step; control->controlMode = controlModeLegacy; }
+void positionControllerResetAllPID(float x, float y, float z) { (void)x; (void)y; (void)z; }
+void attitudeControllerResetAllPID(float roll, float pitch, float yaw) { (void)roll; (void)pitch; (void)yaw; }
+int main(void)
+{
+  float v[16];
+  control_t control = {0};
+  setpoint_t setpoint = {0};
+  sensorData_t sensors = {0};
+  state_t state = {0};
+  stabilizerStep_t tick = 10;
+  controllerOutOfTreeInit();
+  setpoint.mode.x = setpoint.mode.y = setpoint.mode.z = modeAbs;
+  while (scanf("%f %f %f %f %f %f %f %f %f %f %f %f %f %f %f %f", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6],
+               &v[7], &v[8], &v[9], &v[10], &v[11], &v[12], &v[13], &v[14], &v[15]) == 16) {
+    int t;
+    state.position.x = v[0]; state.position.y = v[1]; state.position.z = v[2];
+    state.attitudeQuaternion.w = v[3]; state.attitudeQuaternion.x = v[4];
+    state.attitudeQuaternion.y = v[5]; state.attitudeQuaternion.z = v[6];
+    state.velocity.x = v[7]; state.velocity.y = v[8]; state.velocity.z = v[9];
+    sensors.gyro.x = v[10]; sensors.gyro.y = v[11]; sensors.gyro.z = v[12];
+    setpoint.position.x = v[13]; setpoint.position.y = v[14]; setpoint.position.z = v[15];
+    for (t = 0; t < 10; t++, tick++) { /* one control period: 10 ticks of the 1 kHz loop */
+      controllerOutOfTree(&control, &setpoint, &sensors, &state, tick);
+      if (t == 0 && control.controlMode == controlModeForce) {
+        printf("%.9g %.9g %.9g %.9g\n", (double)control.normalizedForces[0], (double)control.normalizedForces[1],
+               (double)control.normalizedForces[2], (double)control.normalizedForces[3]);
+      } else if (t == 0) {
+        printf("pid\n");
+      }
+    }
+  }
+  return 0;
+}
+"""
+
+
+@needs_gcc
+def test_the_onboard_example_controller_flies_the_network_from_firmware_structs(tmp_path):
+    """The snippet of docs/onboard.md, given the simulator's true states as the firmware carries them
+    (quaternion w x y z, world velocity, gyro in deg/s), lets the PID fly 50 steps, then drives
+    normalizedForces = (a + 1) / 2 of the numpy path on the package's own observation."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from snn_controller.control.controllers import deployed_controller
+    from snn_controller.export.c_module import export_c_module
+    from snn_controller.task.envs import FlightEnv
+    from snn_controller.task.spec import TaskConfig, observation
+
+    firmware = os.environ.get("CRAZYFLIE_FIRMWARE")
+    if not firmware:
+        pytest.skip("set CRAZYFLIE_FIRMWARE to a crazyflie-firmware checkout to build docs/onboard.md's controller")
+    doc = Path(__file__).resolve().parents[1].joinpath("docs", "onboard.md").read_text()
+    snippet = doc.split("`src/out_of_tree_controller.c`", 1)[1].split("```c\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "out_of_tree_controller.c").write_text(snippet)
+    (tmp_path / "harness.c").write_text(HARNESS)
+    for name, text in FIRMWARE_STUBS.items():
+        (tmp_path / name).write_text(text)
+    export_c_module(MODEL, tmp_path, "snn_policy")
+    includes = [f"-I{tmp_path}"] + [f"-I{firmware}/src/{d}" for d in (
+        "modules/interface", "modules/interface/controller", "hal/interface", "utils/interface",
+        "utils/interface/lighthouse", "config", "drivers/interface", "platform/interface")]
+    build = subprocess.run(["gcc", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wdouble-promotion", "-O2",
+                            "-include", str(tmp_path / "autoconf.h"), *includes,
+                            *(str(tmp_path / f) for f in ("harness.c", "out_of_tree_controller.c", "snn_policy.c")),
+                            "-lm", "-o", str(tmp_path / "harness")], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+
+    torch.set_num_threads(1)
+    task = TaskConfig(drone="cf21", start="moderate")
+    env = FlightEnv(task, 1, seed=5, autoreset=False, dtype=torch.float64)
+    controller = deployed_controller(MODEL, "cf21", 1, task.dt)
+    obs, _ = env.reset()
+    controller.reset()
+    target = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)
+    rows, true_observations = [], []
+    for _ in range(200):
+        state = env.engine.state.to(torch.float64)
+        s = state.as_numpy()
+        rows.append(np.concatenate([s["position"][0], s["quaternion"][0], s["velocity"][0],
+                                    np.degrees(s["angular_velocity"][0]), target[0].numpy()]))
+        true_observations.append(observation(state, target)[0].numpy())
+        obs, _, _, _, _ = env.step(torch.as_tensor(controller(obs.numpy())))
+    states = "\n".join(" ".join(f"{x:.9g}" for x in np.float32(row)) for row in rows)
+    run = subprocess.run([str(tmp_path / "harness")], input=states, capture_output=True, text=True, check=True)
+    lines = run.stdout.splitlines()
+    assert lines[:50] == ["pid"] * 50 and "pid" not in lines[50:], "the PID flies the 50 warm-up steps, then the network"
+    numpy_actor = NumpySpikingActor.from_file(MODEL, dtype=np.float32)
+    expected = np.array([(numpy_actor.step(o)[0] + 1) / 2 for o in true_observations])[50:]
+    forces = np.array([[float(x) for x in line.split()] for line in lines[50:]])
+    assert np.abs(forces - expected).max() < 1e-4
