@@ -40,7 +40,8 @@ def export_c_module(model_path, out_dir, prefix: str | None = None) -> dict:
                              "the C export writes LIF actors only")
     prefix = prefix or default_prefix(model_path)
     if not C_IDENTIFIER.fullmatch(prefix) or prefix.startswith("__"):
-        raise ValueError(f"--name {prefix!r} is not a usable C identifier (letters, digits, _; not a leading digit)")
+        raise ValueError(f"the prefix (--name) {prefix!r} is not a usable C identifier (letters, digits, _; "
+                         "not a leading digit)")
     identity = {"file": model_path.name, "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest()}
     header, source = render_c_module(tensors, manifest, prefix, identity)
     out_dir = Path(out_dir)
@@ -59,7 +60,7 @@ def export_c_module(model_path, out_dir, prefix: str | None = None) -> dict:
 
 def default_prefix(model_path) -> str:
     """The model file's name as a C identifier: ``td3bc_jsrl_cf21.safetensors`` -> ``td3bc_jsrl_cf21``."""
-    name = re.sub(r"\W", "_", Path(model_path).stem.split(".")[0]).lower()
+    name = re.sub(r"\W", "_", Path(model_path).stem).lower()
     return name if C_IDENTIFIER.fullmatch(name) and not name.startswith("__") else f"snn_{name}"
 
 
@@ -119,7 +120,7 @@ def _header(manifest: dict, prefix: str, macro: str, identity: dict, hidden: lis
  * Model file: {identity['file']}
  *   sha256 {identity['sha256']}
  *   drone {manifest['drone']}; {made_by}
- * Network: {network}; {arch.get('neuron', 'LIF, soft reset by subtraction, one-step delay')}.
+ * Network: {network}. Per LIF layer and step: U = beta U + W x + b - S_prev theta, S = (U > theta).
  *
  * Control rate: call {prefix}_step once every {dt:g} s ({rate:.6g} Hz), the model's dt. The neurons'
  * decay and the dynamics the network learned are per step: another rate flies another controller.
