@@ -60,7 +60,8 @@ def _latency(fn, repeats: int) -> dict:
 
 def bench_policy(model_path=None, repeats: int = 5000) -> dict:
     """Single-step latency of the paper's network (18 -> 256 -> 128 -> 4), batch 1: the numpy
-    deployment path, the torch path, and snnTorch's equivalent network when it is installed."""
+    deployment path, the torch path, snnTorch's equivalent network when it is installed, and the
+    exported C module (``snnctl export --format c``) compiled here when gcc is."""
     from .networks.files import actor_tensors
     from .networks.spiking import SpikingActor
     from .networks.spiking_numpy import NumpySpikingActor
@@ -97,6 +98,30 @@ def bench_policy(model_path=None, repeats: int = 5000) -> dict:
         result["snntorch_version"] = snntorch.__version__
         result["speedup_numpy_vs_snntorch"] = result["snntorch"]["p50_us"] / result["numpy_float32"]["p50_us"]
     result["speedup_numpy_vs_torch"] = result["torch"]["p50_us"] / result["numpy_float32"]["p50_us"]
+    result.update(_c_module_latency(actor, model_path, obs, repeats))
+    return result
+
+
+def _c_module_latency(actor, model_path, obs, repeats: int) -> dict:
+    """The exported C step through ctypes, and the same call of a C step that does nothing: the
+    first includes the second (ctypes, argument copies), so the step's own time is their difference."""
+    import tempfile
+
+    from .export.host import CompiledPolicy, find_compiler, noop_policy
+
+    if find_compiler() is None:
+        return {"c_ctypes": None, "c_note": "gcc not found - the exported C module was not measured"}
+    with tempfile.TemporaryDirectory() as build_dir:
+        if not model_path:  # the fresh network, as a model file the exporter can read
+            from .networks.files import save_actor
+
+            model_path = f"{build_dir}/fresh.safetensors"
+            save_actor(actor, model_path, drone="cf21", dt=0.01, provenance={"method": "untrained (bench)"})
+        compiled = CompiledPolicy.from_model(model_path, build_dir)
+        noop = noop_policy(build_dir, compiled.hidden)
+        result = {"c_ctypes": _latency(lambda: compiled.step(obs), repeats),
+                  "ctypes_noop": _latency(lambda: noop.step(obs), repeats)}
+    result["c_step_without_ctypes_p50_us"] = result["c_ctypes"]["p50_us"] - result["ctypes_noop"]["p50_us"]
     return result
 
 

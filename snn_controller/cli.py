@@ -97,7 +97,7 @@ def cmd_bench_policy(args) -> int:
 
     r = bench_policy(args.model, repeats=args.repeats)
     lines = [f"single-step latency, {r['network']}, batch 1, 1 thread (p50 / p99):"]
-    for key in ("numpy_float32", "numpy_float64", "torch", "snntorch"):
+    for key in ("numpy_float32", "numpy_float64", "torch", "snntorch", "c_ctypes", "ctypes_noop"):
         if r.get(key):
             lines.append(f"  {key:14s} {r[key]['p50_us']:8.1f} us / {r[key]['p99_us']:8.1f} us")
     if r.get("snntorch") is None:
@@ -105,6 +105,12 @@ def cmd_bench_policy(args) -> int:
     else:
         lines.append(f"  numpy (float32) is {r['speedup_numpy_vs_snntorch']:.1f}x faster than snnTorch "
                      f"{r['snntorch_version']}")
+    if r.get("c_ctypes") is None:
+        lines.append("  " + r["c_note"])
+    else:
+        lines.append(f"  the exported C step (snnctl export --format c, gcc -O2) through ctypes; a ctypes call of a "
+                     f"C step that does nothing costs {r['ctypes_noop']['p50_us']:.1f} us of it, so the step itself "
+                     f"takes about {r['c_step_without_ctypes_p50_us']:.1f} us")
     _emit(args, r, "\n".join(lines))
     return 0
 
@@ -429,20 +435,32 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _export_nir(model: str, out: str) -> tuple[dict, str]:
+def _export_nir(args) -> tuple[dict, str]:
     from .export.nir_graph import export_nir
 
-    r = export_nir(model, out)
-    return r, (f"{model} -> {out}: NIR graph {' -> '.join(r['nodes'])}, dt {r['dt']} s; the reset (subtractive, "
+    out = args.out or os.path.splitext(args.model)[0] + ".nir"
+    r = export_nir(args.model, out)
+    return r, (f"{args.model} -> {out}: NIR graph {' -> '.join(r['nodes'])}, dt {r['dt']} s; the reset (subtractive, "
                "one step late) and the tanh readout are stated in metadata only (docs/nir.md)")
 
 
-EXPORT_FORMATS = {"nir": (_export_nir, ".nir")}  # --format: (writer(model, out) -> (result, text), default suffix)
+def _export_c(args) -> tuple[dict, str]:
+    from .config import ConfigError
+    from .export.c_module import export_c_module
+
+    if args.out is None:
+        raise ConfigError("--format c needs --out DIR (the directory for PREFIX.h and PREFIX.c)")
+    r = export_c_module(args.model, args.out, prefix=args.name)
+    return r, (f"wrote {' and '.join(r['files'])}: {r['network']}, {r['weight_bytes']} bytes of weights, "
+               f"{r['state_bytes']} bytes of state (model sha256 {r['sha256'][:12]})")
+
+
+EXPORT_FORMATS = {"c": _export_c, "nir": _export_nir}  # --format: writer(args) -> (result, text)
 
 
 def cmd_export(args) -> int:
-    writer, suffix = EXPORT_FORMATS[args.format]
-    r, text = writer(args.model, args.out or os.path.splitext(args.model)[0] + suffix)
+    """A model file for use outside this package, in the format named by --format."""
+    r, text = EXPORT_FORMATS[args.format](args)
     _emit(args, r, text)
     return 0
 
@@ -565,10 +583,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory (default runs/<name>_seed<S>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
-    p = add(sub, "export", cmd_export, "write a model file in another format (nir: a NIR graph, docs/nir.md)")
+    p = add(sub, "export", cmd_export, "export a model file for use elsewhere: c = a C99 module for on-board "
+            "flight (docs/onboard.md), nir = a NIR graph (docs/nir.md)")
     p.add_argument("model", help="model file (.safetensors)")
-    p.add_argument("--format", choices=sorted(EXPORT_FORMATS), required=True)
-    p.add_argument("--out", default=None, help="file to write (default: the model's name with the format's suffix)")
+    p.add_argument("--format", choices=sorted(EXPORT_FORMATS), required=True,
+                   help="c: PREFIX.h and PREFIX.c; nir: one HDF5 file")
+    p.add_argument("--out", default=None, help="c: the directory to write to (created if missing); nir: the file "
+                   "(default: the model's name with .nir)")
+    p.add_argument("--name", default=None, metavar="PREFIX",
+                   help="c: prefix of the file and symbol names (default: the model file's name)")
     p = add(sub, "import-nir", cmd_import_nir, "write the model file of a NIR graph that `snnctl export` wrote")
     p.add_argument("file", help="NIR file (.nir, HDF5)")
     p.add_argument("--out", required=True, help="model file to write (.safetensors)")

@@ -35,6 +35,15 @@ OBS_DIM = ANGULAR_VELOCITY.stop  # 18
 PRIVILEGED_OBS_DIM = OBS_DIM + 4 * HISTORY  # 146
 OBS_LAYOUT = [f"{name}:{size}" for name, size in PARTS]
 PRIVILEGED_OBS_LAYOUT = OBS_LAYOUT + [f"last_actions:{HISTORY}x4"]
+# Units and frames of each part, for whoever builds the inputs outside this package (the exported
+# C module's header, docs/onboard.md). World frame z up; the network holds yaw 0, nose along world x.
+MEANINGS = {
+    "position_error": "p - p_target [m], world frame",
+    "rotation_matrix": "R body->world, row-major R00 R01 R02 R10 ... R22 (column j: body axis j in world)",
+    "velocity_world": "v [m/s], world frame",
+    "angular_velocity_body": "body rates [rad/s] about body x (forward), y (left), z (up, along the thrust)",
+    "last_actions": "the last 32 actions, 4 each, oldest first",
+}
 
 
 def assemble(out, position_error, rotation_matrix, velocity, angular_velocity):
