@@ -5,10 +5,17 @@ The expected numbers of the single-tick cases are worked by hand from pid.c (pid
 attitude_pid_controller.c (saturateSignedInt16), controller_pid.c (pitch sign, yaw through the
 attitude loop, control->yaw = -yaw) and power_distribution_quadrotor.c (legacy mix, cap), with
 platform_defaults_cf2.h gains: roll/pitch rate kp 250, ki 500, kd 2.5; yaw rate kp 120, ki 16.7;
-yaw attitude kp 6, ki 1, kd 0.35; dt = 1/500 = 0.002 s.
+yaw attitude kp 6, ki 1, kd 0.35; dt = 1/500 = 0.002 s. All eight ticks were also checked against the
+firmware's own pid.c compiled with gcc (float32): identical; test_matches_compiled_firmware_pid_c
+repeats that on random ticks when CF_FIRMWARE_GIT names a firmware git directory.
 """
 
 import math
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -247,3 +254,60 @@ def test_float32_batched_matches_float64_behind_the_wrapper():
     assert b.position.dtype == torch.float32
     assert (a.position - b.position.double()).norm(dim=-1).max() < 1e-3
     assert (a.angular_velocity - b.angular_velocity.double()).norm(dim=-1).max() < 1e-3
+
+
+# --- the firmware's own pid.c, compiled (opt-in) -----------------------------------------------------
+FIRMWARE = os.environ.get("CF_FIRMWARE_GIT")  # e.g. a clone of bitcraze/crazyflie-firmware (or its .git)
+
+
+@pytest.mark.skipif(not FIRMWARE or shutil.which("gcc") is None, reason="set CF_FIRMWARE_GIT and have gcc")
+@pytest.mark.parametrize("scale", ["mild", "saturating"])
+def test_matches_compiled_firmware_pid_c(tmp_path, scale):
+    """200 sequences of 20 random ticks through test/firmware_c/harness.c (the firmware's pid.c) and
+    RateController. Measured: 11 (mild: rates +-20 deg/s wanted, +-3 measured) and 8 (saturating: +-400,
+    +-300) of 4000 ticks differ, by at most 2 PWM units (float32 vs float64 at a truncation boundary)."""
+    here = Path(__file__).parent / "firmware_c"
+    for name in ("harness.c", "filter.h", "num.h"):
+        shutil.copy(here / name, tmp_path / name)
+    (tmp_path / "autoconf.h").write_text("")
+    for src in ("src/utils/src/pid.c", "src/utils/interface/pid.h"):
+        text = subprocess.run(["git", "-C", FIRMWARE, "show", f"HEAD:{src}"], check=True,
+                              capture_output=True, text=True).stdout
+        (tmp_path / Path(src).name).write_text(text)
+    exe = tmp_path / "harness"
+    subprocess.run(["gcc", "-O0", "-I", str(tmp_path), str(tmp_path / "harness.c"), str(tmp_path / "pid.c"),
+                    "-lm", "-o", str(exe)], check=True)
+    wide, gyro = (20.0, 3.0) if scale == "mild" else (400.0, 300.0)
+    f32 = lambda x: float(torch.tensor(x, dtype=torch.float32))  # noqa: E731  both sides see the same inputs
+    rng = random.Random(0)
+    lines, runs = [], []
+    for _ in range(200):
+        yaw = f32(rng.uniform(-179, 179))
+        lines.append(f"i {yaw!r}")
+        seq = []
+        for k in range(20):
+            if k:
+                yaw = f32(max(-179.0, min(179.0, yaw + rng.uniform(-2, 2))))
+            thrust = float(int(rng.choice([rng.uniform(1000, 60000), 30000.0])))
+            v = [thrust] + [f32(rng.uniform(-wide, wide)) for _ in range(3)] \
+                + [f32(rng.uniform(-gyro, gyro)) for _ in range(3)] + [yaw]
+            seq.append(v)
+            # the firmware's pitch-rate setpoint is -q (our q = v[2])
+            lines.append("t " + " ".join(repr(x) for x in [v[0], v[1], -v[2], *v[3:]]))
+        runs.append(seq)
+    out = subprocess.run([str(exe)], input="\n".join(lines) + "\n", capture_output=True, text=True, check=True)
+    c_rows = [[int(x) for x in line.split(":")[1].split()] for line in out.stdout.splitlines() if line]
+    py_rows = []
+    for seq in runs:
+        ctrl = RateController(1, thrust="pwm")
+        for v in seq:
+            half = math.radians(v[7]) / 2
+            quat = torch.tensor([[math.cos(half), 0.0, 0.0, math.sin(half)]], dtype=F64)
+            sp = torch.tensor([[v[0], *map(math.radians, v[1:4])]], dtype=F64)
+            rates = torch.tensor([list(map(math.radians, v[4:7]))], dtype=F64)
+            py_rows.append([int(x) for x in ctrl.pwm(sp, rates, quat)[0].tolist()])
+    assert len(c_rows) == len(py_rows) == 4000
+    diffs = [max(abs(a - b) for a, b in zip(c, p)) for c, p in zip(c_rows, py_rows)]
+    print(f'{scale}: {sum(d > 0 for d in diffs)} of 4000 ticks differ, at most by {max(diffs)}')
+    assert max(diffs) <= 3  # one unit of r, p and yaw each
+    assert sum(d > 0 for d in diffs) < 40  # < 1 % of the ticks
