@@ -7,7 +7,7 @@ attitude loop, control->yaw = -yaw) and power_distribution_quadrotor.c (legacy m
 platform_defaults_cf2.h gains: roll/pitch rate kp 250, ki 500, kd 2.5; yaw rate kp 120, ki 16.7;
 yaw attitude kp 6, ki 1, kd 0.35; dt = 1/500 = 0.002 s. All eight ticks were also checked against the
 firmware's own pid.c compiled with gcc (float32): identical; test_matches_compiled_firmware_pid_c
-repeats that on random ticks when CF_FIRMWARE_GIT names a firmware git directory.
+repeats that on random ticks when CRAZYFLIE_FIRMWARE names a crazyflie-firmware clone (as test_export_c.py does).
 """
 
 import math
@@ -257,10 +257,10 @@ def test_float32_batched_matches_float64_behind_the_wrapper():
 
 
 # --- the firmware's own pid.c, compiled (opt-in) -----------------------------------------------------
-FIRMWARE = os.environ.get("CF_FIRMWARE_GIT")  # e.g. a clone of bitcraze/crazyflie-firmware (or its .git)
+FIRMWARE = os.environ.get("CRAZYFLIE_FIRMWARE")  # e.g. a clone of bitcraze/crazyflie-firmware (or its .git)
 
 
-@pytest.mark.skipif(not FIRMWARE or shutil.which("gcc") is None, reason="set CF_FIRMWARE_GIT and have gcc")
+@pytest.mark.skipif(not FIRMWARE or shutil.which("gcc") is None, reason="set CRAZYFLIE_FIRMWARE and have gcc")
 @pytest.mark.parametrize("scale", ["mild", "saturating"])
 def test_matches_compiled_firmware_pid_c(tmp_path, scale):
     """200 sequences of 20 random ticks through test/firmware_c/harness.c (the firmware's pid.c) and
