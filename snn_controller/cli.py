@@ -51,7 +51,7 @@ def cmd_sim_replay(args) -> int:
 
 def cmd_sim_replay_bag(args) -> int:
     """One drone of a recorded flight, replayed from its first state: the position error."""
-    from .report import format_replay, replay_comparison
+    from .replay import format_replay, replay_comparison
 
     if args.drone is None:
         raise ValueError("--bag needs --drone NAME (a drone of the bag)")

@@ -16,7 +16,7 @@ import conftest
 from snn_controller.cli import main
 from snn_controller.io.bag import BagWriter
 from snn_controller.io.flight_log import read_flight_log
-from snn_controller.report import recorded_schedule
+from snn_controller.replay import recorded_schedule
 
 SHORT_MISSION = """name: short_hop
 segments:

@@ -35,7 +35,7 @@ print(len(names))
 
 # The architecture in one line: each layer imports only from the layers before it.
 LAYERS = (("config",), ("sim",), ("task",), ("io",), ("networks",), ("export",), ("control",), ("train",),
-          ("cli", "bench", "report", "ros"))
+          ("cli", "bench", "report", "replay", "ros"))
 
 
 def _layer(module: str) -> int:

@@ -5,7 +5,7 @@ angular_velocity (N,3) body rad/s, rotor_speed (N,4) normalised, actions (N,T,4)
 optional dt (s). Output (.npz): the five state keys with shape (N, T+1, ...), index 0 the
 initial state, plus ``time`` (T+1,) and ``dt``.
 
-Replaying a recorded flight (``snnctl sim replay --bag``, report.py): :func:`replay_flight` flies
+Replaying a recorded flight (``snnctl sim replay --bag``, replay.py): :func:`replay_flight` flies
 the commands as the simulator did, with a ground and the crash supervisor. A bag with sim_bridge's
 motor_state says which command the simulator flew at each step. For a bag without it (recorded
 before the topic existed, or with a topic list that left it out), :func:`bridge_schedule` works
