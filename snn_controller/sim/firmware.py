@@ -8,7 +8,7 @@ power distribution (``power_distribution_quadrotor.c``) mixes them with the thru
 PWM values. :class:`RateController` does exactly that arithmetic for N drones; :class:`RateControlledEngine`
 runs it ``round(dt * rate_hz)`` times per control step on an inner engine stepped at ``1 / rate_hz``.
 
-Firmware commit: the mirror at /work/.mirror/bitcraze+crazyflie-firmware (HEAD when this was written).
+Firmware: bitcraze/crazyflie-firmware at commit 2a18fc29.
 
 Units and conventions
 ---------------------
