@@ -1,6 +1,6 @@
 """The CTBR action of the task (docs/ctbr.md): network outputs in [-1, 1] -> firmware rate-mode setpoints.
 
-Torch-free (plain arithmetic on numpy arrays or torch tensors), so the PID guide can use it too.
+Plain numbers, free of torch, so the numpy PID guide (control/pid.py) uses the same scaling as FlightEnv.
 """
 
 from __future__ import annotations

@@ -60,8 +60,6 @@ class FlightEnv:
         self.hover_action = self.model.hover_action if config.hover_action is None else config.hover_action
         if config.action == "ctbr":
             self.hover_command = torch.tensor([self.hover_action, 0.0, 0.0, 0.0], dtype=torch.float64)
-            self._ctbr_scale = torch.tensor(config.ctbr.scale, dtype=dtype)
-            self._ctbr_offset = torch.tensor(config.ctbr.offset, dtype=dtype)
         else:
             self.hover_command = torch.full((4,), self.hover_action, dtype=torch.float64)
         options = dict(engine_options or {})
@@ -72,6 +70,9 @@ class FlightEnv:
             options.setdefault("dtype", dtype)
         self.dtype = dtype
         self.engine_kind = engine
+        if config.action == "ctbr":
+            self._ctbr_scale = torch.tensor(config.ctbr.scale, dtype=dtype)
+            self._ctbr_offset = torch.tensor(config.ctbr.offset, dtype=dtype)
         build = engine_factory or make_engine
         if config.action == "ctbr":  # the firmware's rate loop on an engine stepping at its 500 Hz
             self.engine = RateControlledEngine(lambda inner_dt: build(engine, self.model, n, dt=inner_dt, **options),
