@@ -320,7 +320,7 @@ def _evaluate(model: str, args) -> tuple[dict, str, int]:
         from .task.envs import evaluate
 
         task = TaskConfig(drone=args.drone, start=args.starts, stage=args.stage).under(conditions)
-        r = evaluate(make_guide(model, args.drone, args.episodes, task.dt), task, args.episodes,
+        r = evaluate(make_guide(model, args.drone, args.episodes, task.dt, task.ctbr_scaling), task, args.episodes,
                      engine=args.engine, seed=args.seed)
         return {**r, "guide": model, "conditions": to_dict(conditions)}, args.drone, 0
     from .io.model_file import load_model

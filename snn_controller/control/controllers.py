@@ -19,6 +19,7 @@ from ..networks.files import actor_from, load_actor
 from ..networks.spiking_numpy import NumpySpikingActor
 from ..sim.drone import load_drone
 from ..task import spec as T
+from ..task.ctbr import CtbrScaling
 from ..task.envs import evaluate
 from .handover import Handover, NetworkController, SupervisedPolicy
 from .pid import PIDController, PIDGains, load_pid_gains
@@ -52,12 +53,14 @@ def pid_gains(spec: str) -> PIDGains | None:
     return None
 
 
-def make_guide(spec: str, drone: str, n: int, dt: float):
+def make_guide(spec: str, drone: str, n: int, dt: float, ctbr: CtbrScaling | None = None):
     """A guide as a controller: a PID (``"pid"`` or a gains file), or a guide ANN model file (on the
-    privileged observation)."""
+    privileged observation). ``ctbr`` (a task's ``ctbr_scaling``): the PID flies CTBR actions in it."""
     gains = pid_gains(spec)
     if gains is not None:
-        return PIDController(load_drone(drone), n, dt, gains)
+        return PIDController(load_drone(drone), n, dt, gains, ctbr=ctbr)
+    if ctbr is not None:
+        raise ValueError(f"a guide ANN flies motor commands; the CTBR task's guide is a PID, got {spec!r}")
     return NetworkController(TorchNetwork(load_actor(spec, drone=drone)[0], n), view="privileged")
 
 
@@ -66,7 +69,7 @@ def flight_policy(network, task: T.TaskConfig, episodes: int, privileged: bool, 
     """The evaluated controller: a privileged network alone, or the guide's warm-up then the network."""
     if privileged:
         return NetworkController(network, view="privileged")
-    return Handover(network, make_guide(guide, task.drone, episodes, task.dt), warmup_steps)
+    return Handover(network, make_guide(guide, task.drone, episodes, task.dt, task.ctbr_scaling), warmup_steps)
 
 
 def load_network(path, drone: str, n: int):

@@ -15,6 +15,9 @@ Loops (all gains per second, SI units):
    within the rotors' thrust range; thrust is inverted through the drone's thrust curve.
 5. motor lag: a model of the rotor lag, fed with the controller's own commands, adds a lead
    of ``lag_compensation`` times the dead-beat correction.
+With a :class:`~snn_controller.task.ctbr.CtbrScaling` (``ctbr=``) it stops after loop 2 and returns the
+CTBR action of the task (docs/ctbr.md): the collective thrust as the rotor speed that makes it (the
+firmware model's PWM ratio) and the body-rate setpoint, for the firmware's rate loop to track.
 Observation noise is filtered by a fixed-gain position/velocity observer in the error frame.
 
 Loop delay (``delay_compensation`` = d control steps between the observation and the step its
@@ -30,13 +33,14 @@ training is told each episode's true delay.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..config import build, load_yaml, package_root
 from ..sim.drone import DroneModel
 from ..sim.rotations import matrix_to_quat, quat_multiply
+from ..task.ctbr import CtbrScaling
 from ..task.observation import OBS_DIM
 
 
@@ -82,13 +86,19 @@ class PIDController:
 
     A controller (control/handover.py): call with an :class:`~snn_controller.task.observation.Observation`
     of N drones (it reads the named views of the actor observation and ``target_yaw`` [rad]);
-    optional ``target_velocity`` (N, 3). Returns motor commands (N, 4) in [-1, 1].
-    ``reset(mask)`` clears the state of some drones.
+    optional ``target_velocity`` (N, 3). Returns motor commands (N, 4) in [-1, 1], or with ``ctbr``
+    the CTBR action (N, 4) in [-1, 1] in that scaling. ``reset(mask)`` clears the state of some drones.
+
+    With ``ctbr`` the delay compensation is off: its predictor runs motor commands in flight through the
+    rotor lag; predicting across CTBR setpoints would need the firmware's rate loop in it (not done).
     """
 
-    def __init__(self, model: DroneModel, n: int = 1, dt: float = 0.01, gains: PIDGains | None = None):
-        self.model, self.n, self.dt = model, n, dt
+    def __init__(self, model: DroneModel, n: int = 1, dt: float = 0.01, gains: PIDGains | None = None,
+                 ctbr: CtbrScaling | None = None):
+        self.model, self.n, self.dt, self.ctbr = model, n, dt, ctbr
         self.gains = gains or load_pid_gains()
+        if ctbr is not None:
+            self.gains = replace(self.gains, delay_compensation=0)
         g = self.gains
         r = np.array(model.rotor_positions)
         d = np.array(model.rotor_directions)
@@ -114,6 +124,8 @@ class PIDController:
         steps = np.broadcast_to(np.asarray(steps, dtype=np.int64), (self.n,))
         if (steps < 0).any():
             raise ValueError(f"delay compensation must be >= 0 control steps, got {steps.min()}")
+        if self.ctbr is not None and steps.any():
+            raise ValueError("the CTBR output has no delay compensation (see PIDController)")
         self.delay_steps[rows] = steps[rows]
         grow = int(self.delay_steps.max()) - self.in_flight.shape[1]
         if grow > 0:  # more room for commands in flight (the newest stay last)
@@ -197,6 +209,8 @@ class PIDController:
         rate_des = np.stack([2 * g.k_tilt * tilt_x, 2 * g.k_tilt * tilt_y, 2 * g.k_yaw * yaw_z], -1)
         rate_des = np.clip(rate_des, [-g.max_rate_xy, -g.max_rate_xy, -g.max_rate_z],
                            [g.max_rate_xy, g.max_rate_xy, g.max_rate_z])
+        if self.ctbr is not None:
+            return self._ctbr_action(collective, rate_des)
 
         # 3. rate loop -> body torque
         k_rate = np.array([g.k_rate_xy, g.k_rate_xy, g.k_rate_z])
@@ -221,6 +235,14 @@ class PIDController:
             self.in_flight = np.concatenate([self.in_flight[:, 1:], w_cmd[:, None]], 1)
         self.rotor_estimate = self.rotor_estimate + (arriving - self.rotor_estimate) * self.motor_blend
         return 2 * w_cmd - 1
+
+    def _ctbr_action(self, collective, rate_des):
+        """Collective thrust and body rates as the CTBR action: thrust output 2 w - 1 with w the rotor
+        speed giving a quarter of the collective on each rotor (PWM ratio = w_cmd), rates / max rates."""
+        w = self._rotor_speed_for(np.clip(collective / 4, self.thrust_min, self.thrust_max))
+        scale, offset = np.array(self.ctbr.scale), np.array(self.ctbr.offset)
+        setpoint = np.concatenate([w[:, None], rate_des], -1)
+        return np.clip((setpoint - offset) / scale, -1.0, 1.0)
 
     def _predict(self, p_err, v, rot, omega):
         """The state each drone's delay steps ahead under its commands in flight (Euler steps)."""

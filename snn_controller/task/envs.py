@@ -16,6 +16,7 @@ import torch
 
 from ..sim.drone import load_drone
 from ..sim.engines import make_engine
+from ..sim.firmware import RateControlledEngine
 from ..sim.state import DroneState
 from . import spec as T
 from .observation import ANGULAR_VELOCITY, POSITION_ERROR, VELOCITY, Observation
@@ -54,7 +55,13 @@ class FlightEnv:
         self.config, self.n, self.autoreset = config, n, autoreset
         self.target_fn = target_fn or (lambda t: T.target_at(config.target, t))
         self.model = load_drone(config.drone)
+        # hover_action: the motor command, or with CTBR the thrust output, that hovers; hover_command:
+        # all four outputs that hover (CTBR: rates 0), the centre of the action penalty and the history.
         self.hover_action = self.model.hover_action if config.hover_action is None else config.hover_action
+        if config.action == "ctbr":
+            self.hover_command = torch.tensor([self.hover_action, 0.0, 0.0, 0.0], dtype=torch.float64)
+        else:
+            self.hover_command = torch.full((4,), self.hover_action, dtype=torch.float64)
         options = dict(engine_options or {})
         if engine == "pybullet":
             dtype = torch.float64
@@ -63,7 +70,15 @@ class FlightEnv:
             options.setdefault("dtype", dtype)
         self.dtype = dtype
         self.engine_kind = engine
-        self.engine = (engine_factory or make_engine)(engine, self.model, n, dt=config.dt, **options)
+        if config.action == "ctbr":
+            self._ctbr_scale = torch.tensor(config.ctbr.scale, dtype=dtype)
+            self._ctbr_offset = torch.tensor(config.ctbr.offset, dtype=dtype)
+        build = engine_factory or make_engine
+        if config.action == "ctbr":  # the firmware's rate loop on an engine stepping at its 500 Hz
+            self.engine = RateControlledEngine(lambda inner_dt: build(engine, self.model, n, dt=inner_dt, **options),
+                                               dt=config.dt)
+        else:
+            self.engine = build(engine, self.model, n, dt=config.dt, **options)
         # Each drone flies in its own task frame: copies sit 2 m apart on x in pybullet's shared world.
         self.origin = torch.zeros(n, 3, dtype=torch.float64)
         if engine == "pybullet":
@@ -73,7 +88,7 @@ class FlightEnv:
         self.stage = config.stage
         self.steps = torch.zeros(n, dtype=torch.long)
         self.active = torch.ones(n, dtype=torch.bool)
-        self.history = torch.full((n, T.HISTORY, 4), self.hover_action, dtype=dtype)
+        self.history = self.hover_command.to(dtype).expand(n, T.HISTORY, 4).clone()
         self._init_domain(seed)
         self._stats = {k: torch.zeros(n, dtype=torch.float64) for k in
                        ("return", "late_error", "late_steps", "action_dev")}
@@ -88,7 +103,7 @@ class FlightEnv:
         self.observation_bias = torch.zeros(n, T.OBS_DIM, dtype=torch.float64)
         # Commands in flight, newest first: slot j was sent j steps ago; ``_late``: jittered ones.
         slots = latency.max_action_delay + 1
-        self._sent = torch.full((n, slots, 4), self.hover_action, dtype=self.dtype)
+        self._sent = self.hover_command.to(self.dtype).expand(n, slots, 4).clone()
         self._late = torch.zeros(n, slots, dtype=torch.long)
         # True observations (absolute position) of the last steps, newest first, for observation delay.
         self._observed = None
@@ -114,7 +129,7 @@ class FlightEnv:
         self.observation_bias[idx] = ((2 * torch.rand(n, T.OBS_DIM, generator=g, dtype=torch.float64) - 1) * bias)[idx]
         if self._scales_dynamics:
             self.engine.scale_dynamics(*scales, index=idx)
-        self._sent[idx] = self.hover_action
+        self._sent[idx] = self.hover_command.to(self.dtype)
         self._late[idx] = 0
 
     def _deliver(self, action: torch.Tensor) -> torch.Tensor:
@@ -130,6 +145,12 @@ class FlightEnv:
         arrived = age >= self.action_delay[:, None] + self._late  # the oldest slot has always arrived
         newest = arrived.to(torch.uint8).argmax(1)
         return self._sent[torch.arange(self.n), newest]
+
+    def _engine_command(self, action: torch.Tensor) -> torch.Tensor:
+        """What the engine takes: the motor commands, or the CTBR setpoint [thrust, p, q, r] of the outputs."""
+        if self.config.action == "ctbr":
+            return action * self._ctbr_scale + self._ctbr_offset
+        return action
 
     def _record_observed(self, state: DroneState, idx: torch.Tensor | None = None) -> None:
         """Push this step's true observation (absolute position) into the delay line; ``idx``: drones
@@ -175,7 +196,7 @@ class FlightEnv:
         self.engine.reset(start.select(idx), idx)
         self._draw_domain(idx)
         self._record_observed(self.engine.state, idx)
-        self.history[idx] = self.hover_action
+        self.history[idx] = self.hover_command.to(self.dtype)
         self.active[idx] = True
         for v in self._stats.values():
             v[idx] = 0
@@ -194,14 +215,14 @@ class FlightEnv:
             raise ValueError(f"action must have shape ({self.n}, 4), got {tuple(action.shape)}")
         if not torch.isfinite(action).all():
             raise ValueError("action contains NaN or inf")
-        state = self.engine.step(self._deliver(action))
+        state = self.engine.step(self._engine_command(self._deliver(action)))
         self._record_observed(state)
         self.steps += 1
         self.history = torch.cat([self.history[:, 1:], action[:, None]], 1)
         s64 = state.to(torch.float64)
         target_p, target_v = self._target(self.steps)
         r = T.reward(s64, action.to(torch.float64), target_p, target_v, self.weights, self.config.attitude_error,
-                     self.hover_action)
+                     self.hover_command)
         terminated = T.crashed(s64, target_p, self.config.termination_distance)
         r = torch.nan_to_num(r, nan=0.0, posinf=0.0, neginf=0.0)
         truncated = (self.steps >= self.config.episode_steps) & ~terminated
@@ -231,7 +252,7 @@ class FlightEnv:
         st["return"] += torch.where(active, r, 0.0)
         st["late_error"] += torch.where(late, torch.nan_to_num(err, nan=0.0), 0.0)
         st["late_steps"] += late.double()
-        dev = (action.to(torch.float64) - self.hover_action).abs().mean(-1)
+        dev = (action.to(torch.float64) - self.hover_command).abs().mean(-1)
         st["action_dev"] += torch.where(active, dev, 0.0)
 
     def _episode_stats(self, done: torch.Tensor, terminated: torch.Tensor) -> list[dict]:
@@ -299,7 +320,8 @@ class CrazyflieEnv(gymnasium.Env):
     """Single-drone Gymnasium environment of the paper task.
 
     Observation: the 18-value actor observation (``privileged=True``: the 146-value one).
-    Action: 4 motor commands in [-1, 1]. ``render_mode="human"`` opens the pybullet GUI.
+    Action: 4 outputs in [-1, 1], motor commands or (``action: ctbr``) CTBR. ``render_mode="human"`` opens
+    the pybullet GUI.
     """
 
     metadata = {"render_modes": ["human"], "render_fps": 100}

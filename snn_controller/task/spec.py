@@ -14,6 +14,7 @@ import torch
 
 from ..config import ConfigError, build, load_yaml
 from ..sim.state import DroneState, quaternion_to_matrix
+from .ctbr import CtbrScaling
 from .observation import HISTORY, OBS_DIM, PRIVILEGED_OBS_DIM, assemble
 
 __all__ = ["HISTORY", "OBS_DIM", "PRIVILEGED_OBS_DIM"]  # the layout's sizes, re-exported for the task's users
@@ -171,6 +172,10 @@ class TaskConfig:
     """The hover / tracking task of docs/task.md section 2. Defaults are the paper's."""
 
     drone: str = "cf21"  # drone model name or path
+    # motors: 4 motor commands, w_cmd = (a + 1) / 2; ctbr: collective thrust and body rates through the
+    # firmware's 500 Hz rate loop (sim/firmware.py), scaled by ``ctbr`` (docs/ctbr.md)
+    action: Literal["motors", "ctbr"] = "motors"
+    ctbr: CtbrScaling = field(default_factory=CtbrScaling)
     dt: float = 0.01  # s, control period (100 Hz)
     episode_steps: int = 500  # 5 s
     start: str = "paper"  # named start distribution: paper | moderate
@@ -182,6 +187,7 @@ class TaskConfig:
     # a_hover, the centre of the action penalty and of the initial action history. None: the drone's
     # own hover command (cf21: 0.320 from its thrust curve). docs/task.md rounds it to 2*0.667-1 = 0.334; that
     # constant pulls every action above hover; seed 0's final policy hovered 9.2 cm high with it (docs/training.md).
+    # With action ctbr it is the thrust output that hovers (the same number: docs/ctbr.md), rates 0.
     hover_action: float | None = None
     termination_distance: float = 0.6  # m, crash when any |position error component| exceeds it
     target: TargetConfig = field(default_factory=TargetConfig)
@@ -189,6 +195,8 @@ class TaskConfig:
     randomization: Randomization = field(default_factory=Randomization)
 
     def __post_init__(self):
+        if self.action not in ("motors", "ctbr"):
+            raise ConfigError(f"action must be one of ['motors', 'ctbr'], got {self.action!r}")
         if self.start not in STARTS:
             raise ConfigError(f"start must be one of {sorted(STARTS)}, got {self.start!r}")
         if self.dt <= 0 or self.episode_steps < 1:
@@ -198,6 +206,11 @@ class TaskConfig:
     @property
     def start_distribution(self) -> StartDistribution:
         return STARTS[self.start]
+
+    @property
+    def ctbr_scaling(self) -> CtbrScaling | None:
+        """The CTBR scaling when the action is ctbr; None for motor commands."""
+        return self.ctbr if self.action == "ctbr" else None
 
     def with_options(self, **changes) -> "TaskConfig":
         return replace(self, **changes)
@@ -256,8 +269,9 @@ def attitude_error(quaternion: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def reward(state: DroneState, action: torch.Tensor, target_position: torch.Tensor, target_velocity: torch.Tensor,
-           weights: RewardWeights, attitude: str, hover_action: float) -> torch.Tensor:
-    """Per-step reward (N,) of docs/task.md section 2 from the true state."""
+           weights: RewardWeights, attitude: str, hover_action) -> torch.Tensor:
+    """Per-step reward (N,) of docs/task.md section 2 from the true state; ``hover_action``: a number, or
+    the (4,) outputs that hover (CTBR: thrust output, rates 0)."""
     p_err = state.position - target_position
     v_err = state.velocity - target_velocity
     return (weights.survive

@@ -91,7 +91,7 @@ class Trainer:
                              dtype=torch.float32, engine_options={"compile": c.compile_engine},
                              engine_factory=self.engine_factory)
         guide = c.rollout_guide
-        self.guide = None if guide == "none" else make_guide(guide, c.task.drone, n, c.task.dt)
+        self.guide = None if guide == "none" else make_guide(guide, c.task.drone, n, c.task.dt, c.task.ctbr_scaling)
 
     def _drones_available(self) -> int:
         """``num_drones``, or as many of them as the training bridges alive now serve."""
