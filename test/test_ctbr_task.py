@@ -34,6 +34,9 @@ def test_train_config_with_ctbr_action_loads_from_yaml(tmp_path):
                     "task: {action: ctbr, ctbr: {max_rate_xy: 10.0, max_rate_z: 3.0}}\n")
     task = load_train_config(path).task
     assert task.action == "ctbr" and task.ctbr == T.CtbrScaling(max_rate_xy=10.0, max_rate_z=3.0)
+    from snn_controller.train.run import Trainer
+    with pytest.raises(ConfigError, match="task.action: ctbr cannot be trained yet"):  # its model file would say motors
+        Trainer(load_train_config(path), tmp_path / "run")
     path.write_text(f"base: {base}\nname: bad\ntask: {{action: rates}}\n")
     with pytest.raises(ConfigError, match=r"action: 'rates' is not one of \['motors', 'ctbr'\]"):
         load_train_config(path)
