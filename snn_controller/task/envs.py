@@ -70,11 +70,10 @@ class FlightEnv:
             options.setdefault("dtype", dtype)
         self.dtype = dtype
         self.engine_kind = engine
-        if config.action == "ctbr":
-            self._ctbr_scale = torch.tensor(config.ctbr.scale, dtype=dtype)
-            self._ctbr_offset = torch.tensor(config.ctbr.offset, dtype=dtype)
         build = engine_factory or make_engine
         if config.action == "ctbr":  # the firmware's rate loop on an engine stepping at its 500 Hz
+            self._ctbr_scale = torch.tensor(config.ctbr.scale, dtype=dtype)
+            self._ctbr_offset = torch.tensor(config.ctbr.offset, dtype=dtype)
             self.engine = RateControlledEngine(lambda inner_dt: build(engine, self.model, n, dt=inner_dt, **options),
                                                dt=config.dt)
         else:
