@@ -23,29 +23,39 @@ def export(capsys, *argv):
     return code, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def recorded_observations():
-    """1000 actor observations (noise included) of the shipped model flying through the deployed
-    controller (the PID's 50-step warm-up, then the network), two moderate starts of 500 steps one
-    after the other: realistic inputs, and an episode boundary in the middle for a reset."""
+def shipped_model_flight(drones: int, seed: int, steps: int):
+    """The shipped model flying ``drones`` moderate starts through the deployed controller (the
+    PID's 50-step warm-up, then the network): yields (env, observation, terminated so far) before
+    each step, then takes the step."""
     from snn_controller.control.controllers import deployed_controller
     from snn_controller.task.envs import FlightEnv
     from snn_controller.task.spec import TaskConfig
 
     torch.set_num_threads(1)
     task = TaskConfig(drone="cf21", start="moderate")
-    env = FlightEnv(task, 2, seed=3, autoreset=False, dtype=torch.float64)
-    controller = deployed_controller(MODEL, "cf21", 2, task.dt)
+    env = FlightEnv(task, drones, seed=seed, autoreset=False, dtype=torch.float64)
+    controller = deployed_controller(MODEL, "cf21", drones, task.dt)
     obs, _ = env.reset()
     controller.reset()
-    recorded = []
-    for _ in range(task.episode_steps):
+    terminated = torch.zeros(drones, dtype=torch.bool)
+    for _ in range(steps):
         obs = obs.numpy()
-        recorded.append(obs.actor.copy())
-        obs, _, terminated, _, _ = env.step(torch.as_tensor(controller(obs)))
+        yield env, obs, terminated
+        obs, _, now_terminated, _, _ = env.step(torch.as_tensor(controller(obs)))
+        terminated = terminated | now_terminated
+
+
+@pytest.fixture(scope="module")
+def recorded_observations():
+    """1000 actor observations (noise included) of the shipped model's flight, two moderate starts of
+    500 steps one after the other: realistic inputs, and an episode boundary in the middle for a reset."""
+    steps = 500
+    recorded = []
+    for _, obs, terminated in shipped_model_flight(2, seed=3, steps=steps):
         assert not terminated.any(), "the recorded flight should not crash"
+        recorded.append(obs.actor.copy())
     recorded = np.array(recorded)  # (500, 2 drones, 18)
-    return np.concatenate([recorded[:, 0], recorded[:, 1]]), task.episode_steps
+    return np.concatenate([recorded[:, 0], recorded[:, 1]]), steps
 
 
 def test_export_writes_a_header_generated_from_the_manifest(capsys, tmp_path):
@@ -201,10 +211,8 @@ def test_the_onboard_example_controller_flies_the_network_from_firmware_structs(
     import subprocess
     from pathlib import Path
 
-    from snn_controller.control.controllers import deployed_controller
     from snn_controller.export.c_module import export_c_module
-    from snn_controller.task.envs import FlightEnv
-    from snn_controller.task.spec import TaskConfig, observation
+    from snn_controller.task.spec import observation
 
     firmware = os.environ.get("CRAZYFLIE_FIRMWARE")
     if not firmware:
@@ -225,21 +233,14 @@ def test_the_onboard_example_controller_flies_the_network_from_firmware_structs(
                             "-lm", "-o", str(tmp_path / "harness")], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
 
-    torch.set_num_threads(1)
-    task = TaskConfig(drone="cf21", start="moderate")
-    env = FlightEnv(task, 1, seed=5, autoreset=False, dtype=torch.float64)
-    controller = deployed_controller(MODEL, "cf21", 1, task.dt)
-    obs, _ = env.reset()
-    controller.reset()
     target = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)
     rows, true_observations = [], []
-    for _ in range(200):
+    for env, _, _ in shipped_model_flight(1, seed=5, steps=200):
         state = env.engine.state.to(torch.float64)
         s = state.as_numpy()
         rows.append(np.concatenate([s["position"][0], s["quaternion"][0], s["velocity"][0],
                                     np.degrees(s["angular_velocity"][0]), target[0].numpy()]))
         true_observations.append(observation(state, target)[0].numpy())
-        obs, _, _, _, _ = env.step(torch.as_tensor(controller(obs.numpy())))
     states = "\n".join(" ".join(f"{x:.9g}" for x in np.float32(row)) for row in rows)
     run = subprocess.run([str(tmp_path / "harness")], input=states, capture_output=True, text=True, check=True)
     lines = run.stdout.splitlines()
