@@ -135,7 +135,8 @@ def test_by_default_the_recorder_records_the_fleet(ros_context, tmp_path):
         assert recorder.wanted == [*(f"/{n}/{t}" for n in ("cf1", "cf2") for t in DRONE_TOPICS), *FLEET_TOPICS]
     finally:
         recorder.destroy_node()
-    assert {"odom", "pose", "imu", "motor_state", "cmd_motors_stamped", "cmd_motors", "goal_pose"} == set(DRONE_TOPICS)
+    assert {"odom", "pose", "imu", "motor_state", "cmd_motors_stamped", "cmd_motors", "cmd_ctbr_stamped",
+            "goal_pose"} == set(DRONE_TOPICS)
     assert FLEET_TOPICS == ("/diagnostics", "/mission/status", "/clock")
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text("robots:\n  a: {}\n  b: {enabled: false}\n")

@@ -5,6 +5,11 @@ a standard message (no custom .msg has to be built, which a pip-only install can
 with a header whose stamp says which odometry the command answers, and a name per motor
 (``m1``..``m4``, the motor order of docs/task.md) with the command in ``effort`` (action units,
 [-1, 1]); position and velocity stay empty. Stamps are built from integer nanoseconds.
+
+CTBR commands (:func:`ctbr_command_msg`, topic cmd_ctbr_stamped) are the same message with the names
+``thrust, roll_rate, pitch_rate, yaw_rate`` and the setpoint in ``position``: the collective thrust
+as the PWM ratio in [0, 1] (the commander's thrust / 65535) and the body rates p, q, r in rad/s about
+the body axes x forward, y left, z up (docs/ctbr.md); the header stamp as for motor commands.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from ..sim.fleet import NS_PER_S
 from ..sim.rotations import quat_to_matrix, yaw_of
 
 MOTOR_NAMES = ["m1", "m2", "m3", "m4"]
+CTBR_NAMES = ["thrust", "roll_rate", "pitch_rate", "yaw_rate"]
 
 
 def time_from_ns(nanoseconds: int) -> Time:
@@ -40,6 +46,21 @@ def motor_command_msg(stamp: Time, action) -> JointState:
     msg = JointState(name=MOTOR_NAMES, effort=[float(a) for a in action])
     msg.header.stamp = stamp
     return msg
+
+
+def ctbr_command_msg(stamp: Time, setpoint) -> JointState:
+    """A CTBR command answering the odometry stamped ``stamp``: [thrust (PWM ratio), p, q, r (rad/s)]."""
+    msg = JointState(name=CTBR_NAMES, position=[float(v) for v in setpoint])
+    msg.header.stamp = stamp
+    return msg
+
+
+def ctbr_setpoint(msg: JointState) -> np.ndarray:
+    """The [thrust, p, q, r] of a CTBR command; a message whose names are not CTBR_NAMES raises ValueError."""
+    if list(msg.name) != CTBR_NAMES or len(msg.position) != 4:
+        raise ValueError(f"a CTBR command has names {CTBR_NAMES} and 4 positions, got {list(msg.name)} "
+                         f"and {len(msg.position)}")
+    return np.asarray(msg.position, dtype=float)
 
 
 def motor_state_msg(stamp: Time, rotor_speed, command) -> JointState:
