@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from snn_controller.config import ConfigError
-from snn_controller.ros.launch import PLANNED_NODES, LaunchRunner, find_launch_file, node_command, parse_launch
+from snn_controller.ros.launch import LaunchRunner, find_launch_file, node_command, parse_launch
 from snn_controller.ros import NODES
 from snn_controller.ros.flight_recorder import FLEET_TOPICS, recorded_topics
 from snn_controller.io.topics import DRONE_TOPICS, FLIGHT_TOPICS
@@ -37,8 +37,6 @@ def test_launch_file_is_standard_yaml_launch_and_resolves(path):
     desc = parse_launch(path)
     assert desc.nodes, "a launch file that starts nothing"
     for node in desc.nodes:
-        if node.executable in PLANNED_NODES:  # real_flight.launch.yaml's crazyflie_bridge, not written yet
-            continue
         assert node.executable in NODES
         cmd = node_command(node)[len(node.launch_prefix):]
         assert cmd[1:3] == ["-m", NODES[node.executable]]

@@ -1,11 +1,10 @@
 """ros2 launch and snnctl launch start the same processes: what each launch file describes, read
 here the way ros2 launch reads the YAML format, against the commands ``snnctl launch --print``
-shows; the real-flight file's refusal; the runner's substitutions and argument choices."""
+shows; the runner's substitutions and argument choices."""
 
 import json
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import yaml
 from snn_controller.cli import main as snnctl
 from snn_controller.config import ConfigError
 from snn_controller.ros import NODES
-from snn_controller.ros.launch import PLANNED_NODES, launch_commands, parse_launch
+from snn_controller.ros.launch import launch_commands, parse_launch
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = {module: name for name, module in NODES.items()}
@@ -107,7 +106,8 @@ def cases(tmp):
             {"record": "true", "gains": str(gains), "use_mission": "false", "mode": "fast", "command_delay": "2"}],
         "real_flight.launch.yaml": [
             {},
-            {"controller": "pid", "use_mission": "true", "record": "false", "gains": str(gains)}],
+            {"controller": "pid", "use_mission": "true", "record": "false", "gains": str(gains)},
+            {"controller": "none", "command_timeout": "0.2", "geofence": "[-1.0, -1.0, 0.0, 1.0, 1.0, 2.0]"}],
     }
 
 
@@ -118,13 +118,7 @@ def test_snnctl_launch_starts_what_the_launch_file_describes(file, tmp_path, cap
     for args in cases(tmp_path)[file]:
         expected = ros2_launch_reading(ROOT / "launch" / file, args)
         assert expected, (file, args)
-        if any(n["executable"] in PLANNED_NODES for n in expected):  # refused: compare the description
-            started = [{"executable": n.executable, "name": n.name, "namespace": n.namespace,
-                        "prefix": list(n.launch_prefix),
-                        "parameters": {k: yaml.safe_load(v) for k, v in n.parameters}}
-                       for n in parse_launch(file, args).nodes]
-        else:
-            started = [command_reading(c) for c in printed_commands(capsys, file, args)]
+        started = [command_reading(c) for c in printed_commands(capsys, file, args)]
         assert started == expected, (file, args)
 
 
@@ -133,22 +127,13 @@ def test_the_controller_argument_picks_the_real_flight_controller():
     assert nodes({}) == ["crazyflie_bridge", "snn_policy", "flight_recorder"]
     assert nodes({"controller": "pid", "use_mission": "true", "record": "false"}) == [
         "crazyflie_bridge", "pid_controller", "mission_sequencer"]
-    with pytest.raises(ConfigError, match=r"controller:=mpc is not one of \['snn', 'pid'\]"):
+    assert nodes({"controller": "none", "record": "false"}) == ["crazyflie_bridge"]
+    with pytest.raises(ConfigError, match=r"controller:=mpc is not one of \['snn', 'pid', 'none'\]"):
         parse_launch("real_flight.launch.yaml", {"controller": "mpc"})
     params = dict(parse_launch("real_flight.launch.yaml").nodes[0].parameters)
-    assert params["crazyflies"].endswith("config/crazyflies.yaml") and params["drone"] == "''"
-
-
-def test_real_flight_is_refused_naming_the_missing_executable(ros_env, tmp_path):
-    """Nothing starts: the message names crazyflie_bridge and says real flight is not implemented."""
-    for extra in ([], ["--print"]):
-        out = subprocess.run([sys.executable, "-m", "snn_controller.cli", "launch", "real_flight.launch.yaml",
-                              f"bag:={tmp_path / 'bag'}", *extra], env=ros_env, capture_output=True, text=True,
-                             timeout=60)
-        assert out.returncode == 2, out
-        assert "real_flight.launch.yaml: cannot start node crazyflie_bridge: node executable 'crazyflie_bridge' " \
-               "does not exist: real flight is not implemented yet" in out.stderr, out.stderr
-        assert "started" not in out.stdout + out.stderr and not (tmp_path / "bag").exists()
+    assert params["crazyflies"].endswith("config/crazyflies.yaml")
+    assert params["config"].endswith("config/crazyflie_bridge.yaml")
+    assert params["command_timeout"] == params["geofence"] == "''", "the config file's unless given"
 
 
 def test_the_runner_starts_several_simulators_and_a_trainer(tmp_path):

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -167,6 +167,21 @@ def load_safety_config(path: str | None = None) -> SafetyConfig:
     return safety_config(load_yaml(path), path)
 
 
+def with_overrides(config: SafetyConfig, command_timeout="", geofence="") -> SafetyConfig:
+    """The config with crazyflie_bridge's parameters applied: command_timeout (s) and geofence
+    ([xmin, ymin, zmin, xmax, ymax, zmax] m) replace command.timeout and geofence.min/max; '' keeps the file's."""
+    if command_timeout != "":
+        config = replace(config, command=build(CommandLimits, {**vars(config.command), "timeout": command_timeout},
+                                               "parameter command_timeout"))
+    if geofence != "":
+        if not isinstance(geofence, (list, tuple)) or len(geofence) != 6:
+            raise ConfigError(f"parameter geofence must be [xmin, ymin, zmin, xmax, ymax, zmax] in m, got {geofence!r}")
+        config = replace(config, geofence=build(Geofence, {"min": list(geofence[:3]), "max": list(geofence[3:]),
+                                                           "hard_margin": config.geofence.hard_margin},
+                                                "parameter geofence"))
+    return config
+
+
 # --- what the machine says -------------------------------------------------------------------------
 class Mode(str, enum.Enum):
     DISCONNECTED = "disconnected"
@@ -265,10 +280,7 @@ class DroneSafety:
         """A controller command [thrust, p, q, r] arriving now: validated, then forwarded when flying."""
         problem = self.invalid(setpoint)
         if problem:
-            self.counters["rejected"] += 1
-            self._event(now, "rejected", f"command {problem}: rejected ({self.counters['rejected']} so far), "
-                                         "counted as missing")
-            return []
+            return self.reject(now, f"command {problem}")
         setpoint = tuple(float(v) for v in setpoint)
         if self.mode in (Mode.DISCONNECTED, Mode.DISARMED, Mode.LANDING, Mode.EMERGENCY):
             self.counters["ignored"] += 1
@@ -292,6 +304,12 @@ class DroneSafety:
         self.command_time = now
         self.counters["accepted"] += 1
         return [Action(Send.RATE, setpoint)]
+
+    def reject(self, now: float, why: str) -> list[Action]:
+        """A command refused (``why`` names the problem): counted, reported, and it counts as missing."""
+        self.counters["rejected"] += 1
+        self._event(now, "rejected", f"{why}: rejected ({self.counters['rejected']} so far), counted as missing")
+        return []
 
     def invalid(self, setpoint) -> str:
         """Why a command is refused ('' if it is valid)."""
@@ -391,8 +409,11 @@ class DroneSafety:
             if not self.link_lost:
                 self.link_lost = True
                 self.counters["link_lost"] += 1
-                self._event(now, "link_lost", f"link lost while {self.mode.value}: nothing can be sent; the firmware "
-                                              "levels after 0.5 s and stops the motors after 2 s without setpoints")
+                self._event(now, "link_lost", f"link lost while {self.mode.value}: nothing can be sent" + {
+                    Mode.FLYING: "; the firmware levels after 0.5 s and stops the motors after 2 s without setpoints",
+                    Mode.HOVER: "; the firmware levels after 0.5 s and stops the motors after 2 s without setpoints",
+                    Mode.HIGH_LEVEL: "; the high-level commander flies on on board",
+                    Mode.LANDING: "; the high-level commander lands on board"}.get(self.mode, ""))
             return []
         if self.link_lost:
             self.link_lost = False

@@ -15,6 +15,11 @@ CMD_MOTORS = "cmd_motors"  # std_msgs/Float32MultiArray, unstamped, your control
 # rates (conversions.ctbr_command_msg), the setpoint of the firmware's rate mode (docs/ctbr.md)
 CMD_CTBR_STAMPED = "cmd_ctbr_stamped"
 GOAL_POSE = "goal_pose"  # geometry_msgs/PoseStamped, mission_sequencer or you -> controllers
+# crazyflie_bridge (real drones): the battery (sensor_msgs/BatteryState, pm.vbat and pm.state), the link
+# quality (std_msgs/Float32, percent), and a motion-capture pose forwarded to the drone's estimator
+BATTERY = "battery"
+LINK_QUALITY = "link_quality"
+MOCAP_POSE = "mocap_pose"  # geometry_msgs/PoseStamped, world frame, your motion capture -> crazyflie_bridge
 
 DIAGNOSTICS = "/diagnostics"  # diagnostic_msgs/DiagnosticArray: sim_bridge's and snn_policy's status per drone
 MISSION_STATUS = "/mission/status"  # std_msgs/String (JSON), mission_sequencer

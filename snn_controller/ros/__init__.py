@@ -18,4 +18,5 @@ NODES = {
     "trainer": "snn_controller.ros.trainer",
     "mission_sequencer": "snn_controller.ros.mission_sequencer",
     "training_bridge": "snn_controller.ros.training_bridge",
+    "crazyflie_bridge": "snn_controller.ros.crazyflie_bridge",
 }

@@ -13,8 +13,7 @@ and ``scoped``, and the substitutions ``$(var X)``, ``$(find-pkg-share P)``, ``$
 controller) snn)``. Anything else is a clear error, never silently skipped.
 
 Running (LaunchRunner): every command is built before any process starts, so a launch file that
-names a node that does not exist (real_flight.launch.yaml's crazyflie_bridge) starts nothing and
-says so. Each node runs in its own process group, its output prefixed with its name. When a node
+names a node that does not exist starts nothing and says so. Each node runs in its own process group, its output prefixed with its name. When a node
 ends on its own, the runner says which one, why (exit code or signal, the last lines of its
 stderr) and stops the rest; stopping sends SIGINT, then SIGTERM, then SIGKILL to what is still
 running, as ros2 launch does. SIGTERM to the runner stops it as Ctrl-C does.
@@ -38,12 +37,6 @@ import yaml
 from ..config import ConfigError, package_root
 
 PACKAGE = "snn_controller"
-# Executables a launch file may name before they exist: why each is missing. The runner refuses
-# to start a launch file that names one, with this reason.
-PLANNED_NODES = {
-    "crazyflie_bridge": "real flight is not implemented yet: there is no Crazyflie bridge (cflib, CRTP) in this "
-                        "package (README, Limits). Fly the simulated fleet: sim_snn.launch.yaml or sim_pid.launch.yaml",
-}
 
 
 @dataclass(frozen=True)
@@ -293,8 +286,6 @@ def _evaluate(words: list[str], values: dict, where: str) -> str:
 def node_command(spec: NodeSpec) -> list[str]:
     from . import NODES  # the table of installed node executables
 
-    if spec.executable in PLANNED_NODES:
-        raise ConfigError(f"node executable '{spec.executable}' does not exist: {PLANNED_NODES[spec.executable]}")
     if spec.executable not in NODES:
         raise ConfigError(f"unknown node executable '{spec.executable}'; known: {sorted(NODES)}")
     return [*spec.launch_prefix, sys.executable, "-m", NODES[spec.executable]] + spec.ros_args()

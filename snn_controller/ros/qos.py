@@ -12,6 +12,8 @@ older state than one it already has (stamped commands), so a late one costs noth
 OBSERVER: what an observer that keeps every state subscribes with (the monitor): STATE with a deep
 queue, so an observer on a busy machine falls behind instead of losing states.
 LATCHED: goals and descriptions, transient-local so a late subscriber gets the last one.
+MOCAP: what crazyflie_bridge subscribes motion-capture poses with: best effort (it matches reliable and
+best-effort publishers alike; motion-capture nodes often publish best effort), newest only.
 """
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -27,4 +29,6 @@ COMMAND = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST, reliability=Reli
 LATCHED = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 CLOCK = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                   durability=DurabilityPolicy.VOLATILE)
+MOCAP = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT,
                    durability=DurabilityPolicy.VOLATILE)
