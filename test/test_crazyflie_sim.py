@@ -393,3 +393,28 @@ def test_battery_drains_with_thrust():
         fw.handle(crtp.Packet(crtp.Port.COMMANDER, 0, bytes(12) + thrust.to_bytes(2, "little")), sim.time_ms)
         sim.step()
     assert 4.15 - fw.vbat == pytest.approx(0.004 * thrust / 65535 * 1.0, rel=0.1)  # 1 s of hover
+
+
+def test_snnctl_sim_crazyflie_serves_a_fleet_file_until_ctrl_c(tmp_path):
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    port = random.randint(20000, 29000)
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(f"robots:\n  a:\n    uri: udp://127.0.0.1:{port}\n    initial_position: [0.5, 0.0, 0.0]\n"
+                     f"  b:\n    uri: udp://127.0.0.1:{port + 7}\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    cli = subprocess.Popen([sys.executable, "-m", "snn_controller.cli", "sim", "crazyflie", "--crazyflies", str(fleet)],
+                           stdout=subprocess.PIPE, text=True, env=env, cwd=root)
+    try:
+        assert cli.stdout.readline().strip() == f"a: udp://127.0.0.1:{port}"
+        with SyncCrazyflie(f"udp://127.0.0.1:{port + 7}", cf=Crazyflie()) as scf:
+            assert scf.cf.param.get_value("commander.enHighLevel") == "0"
+    finally:
+        cli.send_signal(signal.SIGINT)
+        assert cli.wait(timeout=30) == 0
