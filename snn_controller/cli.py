@@ -61,6 +61,28 @@ def cmd_sim_replay_bag(args) -> int:
     return 0
 
 
+def cmd_sim_crazyflie(args) -> int:
+    """Simulated Crazyflies on cflib's udp:// link until Ctrl-C (docs/crtp_sim.md)."""
+    import time
+
+    from .crazyflie.server import CrazyflieServer
+
+    options = {"require_arming": not args.auto_arm}
+    if args.crazyflies:
+        server = CrazyflieServer.from_fleet(args.crazyflies, **options)
+    else:
+        server = CrazyflieServer(drones=args.drones, base_port=args.port, **options)
+    with server:
+        _emit(args, {"uris": server.uris, "names": server.names},
+              "\n".join(f"{name}: {uri}" for name, uri in zip(server.names, server.uris))
+              + "\nserving simulated Crazyflies; Ctrl-C stops")
+        sys.stdout.flush()
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(1.0)
+    return 0
+
+
 def cmd_drones(args) -> int:
     from .sim.drone import available_drones, load_drone
 
@@ -505,6 +527,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "command-age p50 the bridge reported)")
     p.add_argument("--horizon", type=float, default=None, metavar="SECONDS", help="with --bag: start again "
                    "from the recorded state every SECONDS (default: the whole flight from the first state)")
+
+    p = add(sim, "crazyflie", cmd_sim_crazyflie, "serve simulated Crazyflies on cflib's udp:// link (drone i on "
+            "udp://127.0.0.1:PORT+i, or the udp:// uris of a fleet file) until Ctrl-C")
+    p.add_argument("--crazyflies", default=None, help="fleet file whose robots have udp://127.0.0.1:PORT uris "
+                   "(e.g. config/crazyflies_udp.yaml); overrides --port and --drones")
+    p.add_argument("--port", type=int, default=19850, help="the first drone's UDP port (default 19850, where "
+                   "cflib's udp scan looks)")
+    p.add_argument("--drones", type=int, default=1, help="number of drones (default 1)")
+    p.add_argument("--auto-arm", action="store_true", help="firmware without CONFIG_MOTORS_REQUIRE_ARMING: arm "
+                   "automatically (default: an arming request is needed, as cf21bl and bolt builds)")
 
     add(sub, "drones", cmd_drones, "list the drone models")
 
