@@ -31,7 +31,7 @@ class FakeLink:
 
     made = {}
 
-    def __init__(self, uri, on_state, on_battery, on_link, state_period_ms, retry):
+    def __init__(self, uri, on_state, on_battery, on_link, state_period_ms, retry, toc_cache):
         self.uri, self.on_state, self.on_battery, self.on_link = uri, on_state, on_battery, on_link
         self.sent, self.extposes, self.closed = [], [], False
         self.position, self.yaw = [0.1, 0.2, 0.0], math.pi / 2
@@ -62,7 +62,7 @@ class FakeLink:
             "position": np.array(position, float), "quaternion": q, "velocity_world": np.array([1.0, 0, 0]),
             "velocity_body": np.array([math.cos(yaw), -math.sin(yaw), 0]),
             "angular_velocity_body": np.array([0.1, 0.2, 0.3])}))
-        self.on_battery(vbat, 0, 0)
+        self.on_battery(vbat, 0, 2)  # supervisor.info: armed
 
 
 @pytest.fixture
@@ -72,6 +72,7 @@ def bridge(ros_context, tmp_path):
     FakeLink.made.clear()
     node = CrazyflieBridge(link_factory=FakeLink, context=ros_context, parameter_overrides=[
         Parameter("crazyflies", value=str(fleet)), Parameter("command_timeout", value=0.5),
+        Parameter("toc_cache", value=str(tmp_path / "toc")),
         Parameter("geofence", value=[-1.0, -1.0, -0.2, 1.0, 1.0, 1.5])])
     probe = rclpy.create_node("probe", context=ros_context)
     probe.create_timer(0.02, lambda: [link.report() for link in FakeLink.made.values()])  # the drones' log

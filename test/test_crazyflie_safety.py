@@ -343,3 +343,22 @@ def test_the_packaged_config_loads_and_errors_name_the_file_and_key(tmp_path):
         bad.write_text(text)
         with pytest.raises(ConfigError, match=message):
             load_safety_config(str(bad))
+
+
+def test_the_drone_s_supervisor_locked_or_crashed_is_an_emergency_and_its_own_disarm_is_followed():
+    from snn_controller.crazyflie.safety import INFO_ARMED, INFO_CRASHED, INFO_LOCKED
+
+    for info in (INFO_LOCKED, INFO_CRASHED):
+        d = Drone()
+        d.armed_and_flying()
+        d.safety.supervisor(d.t, INFO_ARMED | info)
+        assert d.safety.mode == Mode.EMERGENCY and "restart the drone" in d.safety.reason
+        assert not d.safety.arm(d.t, True).ok
+    d = Drone()
+    d.safety.arm(d.t, True)
+    d.safety.supervisor(d.t, 0)  # not armed yet: the request is on its way
+    assert d.safety.mode == Mode.ARMED
+    d.safety.supervisor(d.t, INFO_ARMED)
+    d.safety.supervisor(d.t, 0)  # then the firmware's preflight timeout disarmed it
+    assert d.safety.mode == Mode.DISARMED and "disarmed itself" in d.safety.reason
+    assert d.safety.status(d.t)["supervisor_info"] == "0x0000"

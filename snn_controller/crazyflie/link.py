@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -107,14 +108,17 @@ class CrazyflieLink:
     says when rate setpoints may be sent; ``send(action)`` executes a safety.Action."""
 
     def __init__(self, uri: str, on_state=None, on_battery=None, on_link=None, state_period_ms: int = 10,
-                 slow_period_ms: int = 100, retry: float = 1.0, clock=time.monotonic):
+                 slow_period_ms: int = 100, retry: float = 1.0, toc_cache: str = "", clock=time.monotonic):
         from cflib.crazyflie import Crazyflie
 
         _init_drivers()
         self.uri, self.clock, self.retry = uri, clock, retry
         self.state_period_ms, self.slow_period_ms = state_period_ms, slow_period_ms
         self.on_state, self.on_battery, self.on_link = on_state, on_battery, on_link
-        self.cf = Crazyflie(rw_cache=None)
+        cache = os.path.expanduser(toc_cache) if toc_cache else None
+        if cache:
+            os.makedirs(cache, exist_ok=True)
+        self.cf = Crazyflie(rw_cache=cache)  # the log and param tables by CRC: reconnects take no download
         self.connected = False  # cflib's fully_connected, and not lost since
         self.connecting_since = None
         self.rate_mode = {}  # param -> read back as 0

@@ -9,7 +9,8 @@ Inputs (``now`` is any monotonic clock in seconds; the node gives time.monotonic
 
 - :meth:`DroneSafety.link_status`: whether the link is up and ready for rate setpoints (connected,
   rate mode confirmed); :meth:`state`: each state estimate (position m, world; yaw rad), which also
-  proves the link alive; :meth:`battery`: pm.vbat (V) and pm.state (the firmware's PMStates).
+  proves the link alive; :meth:`battery`: pm.vbat (V) and pm.state (the firmware's PMStates);
+  :meth:`supervisor`: supervisor.info, the firmware supervisor's bit field.
 - :meth:`command`: each controller command [thrust as PWM ratio 0..1, p, q, r rad/s] on its arrival.
 - requests: :meth:`arm`, :meth:`takeoff`, :meth:`land`, :meth:`go_to`, :meth:`emergency`.
 - :meth:`tick`: once per control period; the time-driven rules.
@@ -38,6 +39,10 @@ Modes and the rules between them (each limit is a key of config/crazyflie_bridge
   in any case) -> motors stop, disarm, ``disarmed``.
 - ``emergency``: motors stopped at once (sent every tick while the link is up); latched: the firmware
   locks after an emergency stop until the drone is restarted, so does this machine until the bridge is.
+  The drone's supervisor reporting itself locked (its watchdog stopped the motors) or crashed (tumbled)
+  enters it too: that drone flies no more until restarted.
+- The firmware disarms by itself (its preflight timeout: 30 s armed without flying): an armed machine
+  whose drone said armed and then not follows it to ``disarmed``.
 
 Whatever the mode, airborne (flying, hover, high_level, landing):
 - outside the geofence box -> ``landing``; outside it by more than ``geofence.hard_margin`` ->
@@ -61,6 +66,8 @@ import numpy as np
 from ..config import ConfigError, build, load_yaml, package_root
 
 PM_LOW_POWER = 3  # the firmware's PMStates: battery, charging, charged, lowPower, shutDown (pm.h)
+# supervisor.info bits (supervisor.c updateLogData; cflib's Supervisor decodes the same)
+INFO_ARMED, INFO_LOCKED, INFO_CRASHED = 1 << 1, 1 << 6, 1 << 7
 
 
 # --- configuration: config/crazyflie_bridge.yaml ---------------------------------------------------
@@ -245,6 +252,8 @@ class DroneSafety:
         self.link_lost = False  # reported lost and not back yet
         self.position, self.yaw, self.state_time = None, 0.0, None
         self.vbat, self.pm_state, self.low_since = None, None, None
+        self.info = None  # supervisor.info
+        self.drone_armed = False  # the drone said armed since the last arm request
         self.command_time = None  # arrival of the last valid command
         self.ground_z = None  # the height at arming: where the drone lands
         self.since = 0.0  # when the mode was entered
@@ -271,6 +280,21 @@ class DroneSafety:
             self.low_since = now if self.low_since is None else self.low_since
         else:
             self.low_since = None
+
+    def supervisor(self, now: float, info: int) -> None:
+        """supervisor.info: follow the firmware when it locked, crashed, or disarmed by itself."""
+        self.info = int(info)
+        if self.mode in (Mode.DISCONNECTED, Mode.EMERGENCY):
+            return
+        if self.info & (INFO_LOCKED | INFO_CRASHED):
+            what = "locked (its commander watchdog or an emergency stop)" if self.info & INFO_LOCKED else "crashed"
+            self._enter(now, Mode.EMERGENCY, f"the drone's supervisor says {what}: restart the drone", kind="locked")
+        elif self.mode == Mode.ARMED:
+            if self.info & INFO_ARMED:
+                self.drone_armed = True
+            elif self.drone_armed:
+                self._enter(now, Mode.DISARMED, "the drone disarmed itself (the firmware's preflight timeout)",
+                            kind="disarm")
 
     def battery_low(self, now: float) -> bool:
         return self.pm_state == PM_LOW_POWER or (
@@ -345,6 +369,7 @@ class DroneSafety:
         if problem:
             return self._refuse(now, f"cannot arm: {problem}")
         self.ground_z = float(self.position[2])
+        self.drone_armed = False
         self._enter(now, Mode.ARMED, "arm requested", kind="arm")
         return Reply(True, "armed: the controller's commands with thrust, or takeoff, fly it", (Action(Send.ARM),))
 
@@ -468,6 +493,7 @@ class DroneSafety:
             "state_age_ms": _ms(now, self.state_time), "command_age_ms": _ms(now, self.command_time),
             "vbat": "none" if self.vbat is None else f"{self.vbat:.2f}",
             "pm_state": "none" if self.pm_state is None else self.pm_state,
+            "supervisor_info": "none" if self.info is None else f"0x{self.info:04x}",
             "battery_low": self.battery_low(now), **self.counters,
         }
 

@@ -281,7 +281,7 @@ def _policy_status(diagnostics, name: str, sim_clock) -> PolicyStatus:
         time=np.asarray(sim_clock([t for t, _, _ in rows]), dtype=np.float64).reshape(-1),
         network_flies=np.array([v.get("flying") == "network" for v in values], dtype=bool),
         spikes_per_step=np.array([s + [math.nan] * (layers - len(s)) for s in spikes],
-                                 dtype=np.float64).reshape(-1, layers),
+                                 dtype=np.float64).reshape(len(spikes), layers),  # (0, 0) without snn_policy
         faults=np.array([_int(v.get("faults"), 0) for v in values], dtype=np.int64))
 
 

@@ -29,7 +29,8 @@ commands, emergency) is crazyflie/safety.py's; the cflib side is crazyflie/link.
 
 Parameters (declared at the top of CrazyflieBridge): crazyflies, config (the safety limits:
 config/crazyflie_bridge.yaml), rate, command_timeout and geofence (override the config file's
-command.timeout and geofence.min/max; '' = the file's), frame_id, retry.
+command.timeout and geofence.min/max; '' = the file's), frame_id, retry, toc_cache (cflib's cache of the
+drones' log and param tables: a connection over the radio takes seconds without it).
 """
 
 from __future__ import annotations
@@ -96,8 +97,10 @@ class CrazyflieBridge(Node):
         self.declare_parameter("geofence", "", ANY_TYPE)  # [xmin, ymin, zmin, xmax, ymax, zmax] m; '' = the file's
         self.declare_parameter("frame_id", "world")
         self.declare_parameter("retry", 1.0)  # s between attempts to open a lost link
-        fleet_file, config_file, rate, timeout, fence, self.frame_id, retry = (self.get_parameter(n).value for n in (
-            "crazyflies", "config", "rate", "command_timeout", "geofence", "frame_id", "retry"))
+        self.declare_parameter("toc_cache", "~/.cache/snn_controller/cflib")  # cflib's TOC cache; '' = none
+        fleet_file, config_file, rate, timeout, fence, self.frame_id, retry, toc_cache = (
+            self.get_parameter(n).value for n in ("crazyflies", "config", "rate", "command_timeout", "geofence",
+                                                  "frame_id", "retry", "toc_cache"))
         if not 1.0 <= rate <= 100.0:
             raise ValueError(f"parameter rate must be in [1, 100] Hz (the log's 10 ms resolution), got {rate}")
         self.config = with_overrides(load_safety_config(config_file or None), timeout, fence)
@@ -135,7 +138,7 @@ class CrazyflieBridge(Node):
             drone.link = link_factory(robots[name].uri, on_state=lambda s, d=drone: self.take_state(d, s),
                                       on_battery=lambda *b, d=drone: self.take_battery(d, b),
                                       on_link=lambda up, why, d=drone: self.take_link(d, up, why),
-                                      state_period_ms=round(1000.0 / rate), retry=retry)
+                                      state_period_ms=round(1000.0 / rate), retry=retry, toc_cache=toc_cache)
             drone.link.open()
         self.create_timer(1.0 / rate, self.on_tick)
         self.create_timer(1.0, self.on_diagnostics)
@@ -149,7 +152,7 @@ class CrazyflieBridge(Node):
             drone.states.append(sample)
         self.wake.trigger()
 
-    def take_battery(self, drone: Drone, battery: tuple) -> None:
+    def take_battery(self, drone: Drone, battery: tuple) -> None:  # (pm.vbat, pm.state, supervisor.info or None)
         with drone.lock:
             drone.battery = battery
         self.wake.trigger()
@@ -178,6 +181,8 @@ class CrazyflieBridge(Node):
                 drone.pubs["imu"].publish(imu)
             if battery is not None:
                 drone.safety.battery(now, battery[0], battery[1])
+                if battery[2] is not None:
+                    drone.safety.supervisor(now, battery[2])
                 msg = BatteryState(voltage=battery[0], percentage=math.nan, present=True,
                                    power_supply_status=POWER_SUPPLY_STATUS.get(battery[1], 0))
                 msg.header.stamp = time_from_ns(ros_now)
