@@ -262,7 +262,7 @@ def test_low_battery_emergency_lost_link_and_a_killed_controller(server, probe, 
     assert reply.success, reply.message
     stopped_at = probe.truth("cf2")["time"]
     probe.wait(lambda: probe.motors_off("cf2"), "cf2's motors stopped")
-    assert probe.truth("cf2")["time"] - stopped_at < 0.2, "at once: within the supervisor's 40 ms update"
+    assert probe.truth("cf2")["time"] - stopped_at < 0.5, "at once, not a landing (3 s)"
     assert probe.truth("cf2")["position"][2] > 0.4, "stopped in the air"
     probe.wait(lambda: probe.mode("cf2") == "emergency", "the emergency reported")
 
@@ -279,11 +279,14 @@ def test_low_battery_emergency_lost_link_and_a_killed_controller(server, probe, 
     os.killpg(controller.pid, signal.SIGKILL)
     probe.wait(lambda: probe.mode("cf1") == "hover", "the bridge holds cf1 where the commands stopped")
     assert probe.truth("cf1")["position"][2] > 0.55
-    fastest = 0.0
-    while probe.mode("cf1") != "disarmed" or not probe.motors_off("cf1"):
-        probe.spin(0.02)
-        fastest = max(fastest, -probe.truth("cf1")["velocity"][2])
-        assert probe.truth("cf1")["time"] < 120, f"cf1 did not land: {probe.status['cf1']}"
+    fastest = []  # the fastest descent so far [m/s]
+
+    def landed():
+        fastest.append(max(fastest[-1:] + [-probe.truth("cf1")["velocity"][2]]))
+        return probe.mode("cf1") == "disarmed" and probe.motors_off("cf1")
+
+    probe.wait(landed, "cf1 landed")
+    fastest = fastest[-1]
     assert probe.truth("cf1")["position"][2] < 0.05 and fastest < 1.0, f"landed, not fell (down at {fastest} m/s)"
     assert [k for k in ("no valid command", "hover", "landed") if not any(k in e for e in probe.events["cf1"])] == []
 
@@ -292,7 +295,8 @@ def test_low_battery_emergency_lost_link_and_a_killed_controller(server, probe, 
 def test_real_flight_launch_flies_a_mission_and_lands(server, probe, controller_env, tmp_path):
     """snnctl launch real_flight.launch.yaml against the simulated drones: the bridge, the mission and
     the recorder from the launch file, the controller (none of the package's flies CTBR yet) this
-    test's. Armed before the mission's take-off, both drones fly it and land; the bag has their flight."""
+    test's. The mission starts when the drones are armed (the bridge's clock does); both fly it and land,
+    and the bag has their flight."""
     processes = controller_env
     fleet = write_fleet(tmp_path / "fleet.yaml", server)
     mission = tmp_path / "mission.yaml"
@@ -303,7 +307,7 @@ def test_real_flight_launch_flies_a_mission_and_lands(server, probe, controller_
     bag = tmp_path / "bag"
     launch = subprocess.Popen(
         [sys.executable, "-m", "snn_controller.cli", "launch", "real_flight.launch.yaml", f"crazyflies:={fleet}",
-         "controller:=none", "use_mission:=true", f"mission:={mission}", "mission_start:=12.0", f"bag:={bag}"],
+         "controller:=none", "use_mission:=true", f"mission:={mission}", f"bag:={bag}"],
         env=processes.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         processes.start(CONTROLLER, "-p", f"crazyflies:={fleet}")

@@ -69,9 +69,12 @@ class FakeLink:
 def bridge(ros_context, tmp_path):
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text("robots:\n  cf1: {uri: 'udp://127.0.0.1:19850'}\n  cf2: {uri: 'udp://127.0.0.1:19851'}\n")
+    config = tmp_path / "bridge.yaml"
+    config.write_text("manoeuvres: {land_duration: 0.5, land_grace: 0.5}\n")  # stopping lands cf2 (on the ground)
     FakeLink.made.clear()
     node = CrazyflieBridge(link_factory=FakeLink, context=ros_context, parameter_overrides=[
-        Parameter("crazyflies", value=str(fleet)), Parameter("command_timeout", value=0.5),
+        Parameter("crazyflies", value=str(fleet)), Parameter("config", value=str(config)),
+        Parameter("command_timeout", value=0.5),
         Parameter("toc_cache", value=str(tmp_path / "toc")),
         Parameter("geofence", value=[-1.0, -1.0, -0.2, 1.0, 1.0, 1.5])])
     probe = rclpy.create_node("probe", context=ros_context)

@@ -157,7 +157,8 @@ class CrazyflieLink:
             self.open()
 
     def close(self) -> None:
-        """Close the link (cflib sends a zero setpoint first: land before closing)."""
+        """Close the link (cflib sends a zero setpoint first: land before closing); no callbacks after."""
+        self.on_state = self.on_battery = self.on_link = None
         self.cf.close_link()
 
     def _on_connected(self, uri) -> None:

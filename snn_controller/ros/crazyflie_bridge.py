@@ -4,8 +4,9 @@ For the controllers it is sim_bridge: per enabled drone <name> of the fleet file
 it publishes /<name>/odom (nav_msgs/Odometry: pose in ``frame_id``, twist in the body frame), pose
 (PoseStamped) and imu (sensor_msgs/Imu: orientation and body rates; the compact state log carries no
 acceleration, so linear_acceleration_covariance[0] is -1, "not measured") at the drone's 100 Hz state
-log, each stamped with the ROS time the state arrived, and /clock every control period, so that
-snn_policy, pid_controller, mission_sequencer and the recorder run unchanged. It takes
+log, each stamped with the ROS time the state arrived, and /clock (the ROS time) every control period
+from the first successful arm on, so that snn_policy, pid_controller, mission_sequencer and the recorder
+run unchanged, and a mission's time starts when the operator arms, not when the bridge starts. It takes
 /<name>/cmd_ctbr_stamped (sensor_msgs/JointState, conversions.ctbr_setpoint: [thrust as PWM ratio, p, q,
 r rad/s], header.stamp = the odometry answered) and sends each valid one to the drone as a rate-mode
 setpoint the moment it arrives.
@@ -133,6 +134,7 @@ class CrazyflieBridge(Node):
         for service in ("takeoff", "land", "go_to", "emergency_stop"):
             self.create_service(Trigger, f"~/{service}", lambda req, res, s=service: self.on_request(everyone, s, res))
         self.clock_pub = self.create_publisher(Clock, "/clock", qos.CLOCK)
+        self.clock_running = False  # /clock from the first arm on: a mission's time starts there
         self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos.STATE)
         for name, drone in self.drones.items():  # last: its callbacks use all of the above
             drone.link = link_factory(robots[name].uri, on_state=lambda s, d=drone: self.take_state(d, s),
@@ -198,7 +200,8 @@ class CrazyflieBridge(Node):
 
     def on_tick(self) -> None:
         now = time.monotonic()
-        self.clock_pub.publish(Clock(clock=self.get_clock().now().to_msg()))
+        if self.clock_running:
+            self.clock_pub.publish(Clock(clock=self.get_clock().now().to_msg()))
         for drone in self.drones.values():
             drone.link.poll(now)
             self.execute(drone, drone.safety.tick(now))
@@ -222,7 +225,9 @@ class CrazyflieBridge(Node):
 
     def on_arm(self, drones: list[Drone], request, response):
         now = time.monotonic()
-        return self.answer(response, [(d, d.safety.arm(now, request.data)) for d in drones])
+        replies = [(d, d.safety.arm(now, request.data)) for d in drones]
+        self.clock_running = self.clock_running or (request.data and any(reply.ok for _, reply in replies))
+        return self.answer(response, replies)
 
     def on_request(self, drones: list[Drone], service: str, response):
         now = time.monotonic()
