@@ -59,6 +59,7 @@ from std_srvs.srv import Trigger
 
 from ..sim.drone import load_drone
 from ..sim.fleet import CrashLimits, FleetSimulator, load_fleet
+from ..sim.pybullet_engine import SUBSTEPS
 from ..io import topics
 from . import qos
 from .conversions import imu_msg, motor_state_msg, odometry_msg, pose_msg, stamp_ns, time_from_ns
@@ -85,7 +86,7 @@ class SimBridge(Node):
         self.declare_parameter("crash_tilt_deg", 90.0)  # tilted more anywhere (upside down): a crash
         self.declare_parameter("runaway_distance", 100.0)  # m from the origin: a runaway state
         self.declare_parameter("runaway_speed", 50.0)  # m/s: a runaway state
-        self.declare_parameter("substeps", 10)  # physics steps per control step
+        self.declare_parameter("substeps", SUBSTEPS)  # physics steps per control step
         self.declare_parameter("gui", False)
         self.declare_parameter("ground_effect", False)
         self.declare_parameter("drag", False)

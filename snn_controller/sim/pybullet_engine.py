@@ -44,6 +44,9 @@ def wxyz_to_xyzw(q) -> list[float]:
     return [float(q[1]), float(q[2]), float(q[3]), float(q[0])]
 
 
+SUBSTEPS = 10  # physics steps per control step, by default (sim_bridge's too)
+
+
 class PybulletEngine:
     """N drones in one pybullet world.
 
@@ -58,7 +61,7 @@ class PybulletEngine:
         ground_effect, drag: enable the optional gym-pybullet-drones effects.
     """
 
-    def __init__(self, model: DroneModel, n: int = 1, dt: float = 0.01, substeps: int = 10, gui: bool = False,
+    def __init__(self, model: DroneModel, n: int = 1, dt: float = 0.01, substeps: int = SUBSTEPS, gui: bool = False,
                  ground: bool = True, collide_drones: bool = False, ground_effect: bool = False, drag: bool = False,
                  dtype: torch.dtype = torch.float64):
         if n < 1 or dt <= 0 or substeps < 1:
