@@ -153,4 +153,4 @@ def test_topics_services_and_the_safety_machine_through_a_fake_link(bridge):
     assert spin_until(executor, lambda: cf1_status()[0] and cf1_status()[0]["mode"] == "emergency", 5)
     values, status = cf1_status()
     assert status.level == status.ERROR and values["rejected"] == "1" and values["link_quality"] == "97.0"
-    assert "emergency" in values["events"]
+    assert "emergency" in values["events"] and "names ['thrust', 'roll_rate'" in values["last_rejected"]

@@ -61,3 +61,18 @@ def test_rate_setpoint_through_cflib_and_the_firmware_decoder_gives_our_rates():
         (math.degrees(p), -math.degrees(q), math.degrees(r)), rel=1e-6)
     assert raw_thrust == 32768
     assert rate_setpoint(1.2, 0, 0, 0)[3] == 65535 and rate_setpoint(-0.1, 0, 0, 0)[3] == 0
+
+
+def test_log_clock_stamps_on_the_drone_s_clock_on_one_grid_and_resyncs():
+    from snn_controller.crazyflie.link import LogClock
+
+    clock, ms = LogClock(10), 1_000_000
+    arrival0 = 1_700_000_000_123_456_789
+    stamps = [clock.stamp_ns(1000 + 10 * k, arrival0 + 10 * k * ms + jitter * ms)
+              for k, jitter in enumerate([3, 0, 7, 1, 4])]  # radio jitter does not move the stamps
+    assert np.diff(stamps).tolist() == [10 * ms] * 4 and stamps[0] % (10 * ms) == 0
+    assert abs(stamps[0] - (arrival0 + 3 * ms)) <= 5 * ms  # the first arrival, to the grid
+    rebooted = clock.stamp_ns(20, arrival0 + 100 * ms)  # the drone's clock went back: a new offset
+    assert rebooted > stamps[-1] and rebooted % (10 * ms) == 0 and abs(rebooted - (arrival0 + 100 * ms)) <= 5 * ms
+    drifted = clock.stamp_ns(30, arrival0 + 1000 * ms)  # 0.9 s later than the drone's clock says: resync
+    assert abs(drifted - (arrival0 + 1000 * ms)) <= 5 * ms

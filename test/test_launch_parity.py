@@ -106,7 +106,7 @@ def cases(tmp):
             {"record": "true", "gains": str(gains), "use_mission": "false", "mode": "fast", "command_delay": "2"}],
         "real_flight.launch.yaml": [
             {},
-            {"controller": "pid", "use_mission": "true", "record": "false", "gains": str(gains)},
+            {"controller": "snn", "use_mission": "true", "record": "false", "gains": str(gains)},
             {"controller": "none", "command_timeout": "0.2", "geofence": "[-1.0, -1.0, 0.0, 1.0, 1.0, 2.0]"}],
     }
 
@@ -124,9 +124,9 @@ def test_snnctl_launch_starts_what_the_launch_file_describes(file, tmp_path, cap
 
 def test_the_controller_argument_picks_the_real_flight_controller():
     nodes = lambda args: [n.executable for n in parse_launch("real_flight.launch.yaml", args).nodes]  # noqa: E731
-    assert nodes({}) == ["crazyflie_bridge", "snn_policy", "flight_recorder"]
-    assert nodes({"controller": "pid", "use_mission": "true", "record": "false"}) == [
-        "crazyflie_bridge", "pid_controller", "mission_sequencer"]
+    assert nodes({}) == ["crazyflie_bridge", "pid_controller", "flight_recorder"]
+    assert nodes({"controller": "snn", "use_mission": "true", "record": "false"}) == [
+        "crazyflie_bridge", "snn_policy", "mission_sequencer"]
     assert nodes({"controller": "none", "record": "false"}) == ["crazyflie_bridge"]
     with pytest.raises(ConfigError, match=r"controller:=mpc is not one of \['snn', 'pid', 'none'\]"):
         parse_launch("real_flight.launch.yaml", {"controller": "mpc"})
@@ -134,6 +134,8 @@ def test_the_controller_argument_picks_the_real_flight_controller():
     assert params["crazyflies"].endswith("config/crazyflies.yaml")
     assert params["config"].endswith("config/crazyflie_bridge.yaml")
     assert params["command_timeout"] == params["geofence"] == "''", "the config file's unless given"
+    pid = dict(parse_launch("real_flight.launch.yaml").nodes[1].parameters)
+    assert pid["action"] == "ctbr", "a real drone flies rate-mode setpoints"
 
 
 def test_the_runner_starts_several_simulators_and_a_trainer(tmp_path):

@@ -103,6 +103,30 @@ class StateSample:
     arrays: dict  # decode_state's
 
 
+class LogClock:
+    """Odometry stamps on the drone's own clock, aligned to a grid of the log period.
+
+    A state's stamp is its log timestamp (the firmware's ms since boot, a multiple of the period) plus
+    one offset to ROS time, the offset a whole number of periods: so the stamps of every drone fall on one
+    grid of ``period_ms`` as sim_bridge's steps do (the flight log and its replay read them as steps), each
+    says when the drone measured the state (radio jitter does not move it), and two states never share
+    one. The offset is taken from the arrival time of the first state, and again when the drone's clock
+    goes back (a reboot, the 24-bit wrap) or the stamps drift more than ``resync_ms`` from the arrivals."""
+
+    def __init__(self, period_ms: int, resync_ms: float = 200.0):
+        self.period_ns, self.resync_ns = int(period_ms) * 1_000_000, resync_ms * 1e6
+        self.offset_ns = self.last_ns = None
+
+    def stamp_ns(self, drone_ms: int, arrival_ns: int) -> int:
+        drone_ns = int(drone_ms) * 1_000_000
+        stamp = None if self.offset_ns is None else self.offset_ns + drone_ns
+        if stamp is None or stamp <= self.last_ns or abs(arrival_ns - stamp) > self.resync_ns:
+            self.offset_ns = round((arrival_ns - drone_ns) / self.period_ns) * self.period_ns
+            stamp = self.offset_ns + drone_ns
+        self.last_ns = stamp
+        return stamp
+
+
 class CrazyflieLink:
     """One Crazyflie over cflib (module docstring). ``open()`` starts connecting and returns; ``ready``
     says when rate setpoints may be sent; ``send(action)`` executes a safety.Action."""

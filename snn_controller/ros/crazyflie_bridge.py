@@ -4,7 +4,8 @@ For the controllers it is sim_bridge: per enabled drone <name> of the fleet file
 it publishes /<name>/odom (nav_msgs/Odometry: pose in ``frame_id``, twist in the body frame), pose
 (PoseStamped) and imu (sensor_msgs/Imu: orientation and body rates; the compact state log carries no
 acceleration, so linear_acceleration_covariance[0] is -1, "not measured") at the drone's 100 Hz state
-log, each stamped with the ROS time the state arrived, and /clock (the ROS time) every control period
+log, each stamped on the drone's own clock (its log timestamp) aligned to ROS time on the 10 ms grid of
+the log period (crazyflie/link.py LogClock: so the flight log and its replay read steps as from sim_bridge), and /clock (the ROS time) every control period
 from the first successful arm on, so that snn_policy, pid_controller, mission_sequencer and the recorder
 run unchanged, and a mission's time starts when the operator arms, not when the bridge starts. It takes
 /<name>/cmd_ctbr_stamped (sensor_msgs/JointState, conversions.ctbr_setpoint: [thrust as PWM ratio, p, q,
@@ -15,8 +16,8 @@ Also per drone: /<name>/battery (sensor_msgs/BatteryState: pm.vbat, pm.state, 10
 (std_msgs/Float32, percent, 1 Hz), and /<name>/mocap_pose (PoseStamped, world) subscribed and forwarded
 to the drone's estimator as an external pose. /diagnostics at 1 Hz, one status per drone
 ("crazyflie_bridge: <name>"): the safety machine's mode and why, link, battery, command age (since the
-last valid command) and latency (its stamp to its arrival, last and worst in the period), counters
-and the last events; and whether a controller publishes motor commands (cmd_motors_stamped), which a real drone
+last valid command) and latency (its stamp to its arrival, last and worst in the period), counters,
+the last rejected command and why, and the last 10 events (mode changes and their reasons); and whether a controller publishes motor commands (cmd_motors_stamped), which a real drone
 cannot fly (warned).
 
 Services per drone, and for the whole fleet under ~/ (e.g. /crazyflie_bridge/arm): <name>/arm
@@ -54,7 +55,7 @@ from std_msgs.msg import Float32
 from std_srvs.srv import SetBool, Trigger
 
 from ..config import ConfigError
-from ..crazyflie.link import CrazyflieLink, StateSample
+from ..crazyflie.link import CrazyflieLink, LogClock, StateSample
 from ..crazyflie.safety import AIRBORNE, DroneSafety, Mode, Reply, load_safety_config, with_overrides
 from ..io import topics
 from ..sim.fleet import NS_PER_S, load_fleet
@@ -77,6 +78,7 @@ class Drone:
 
     name: str
     safety: DroneSafety
+    clock: LogClock
     link: CrazyflieLink | None = None
     pubs: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -85,7 +87,8 @@ class Drone:
     link_up: bool | None = None
     goal: tuple | None = None  # (position, yaw) of the latest goal_pose
     latency_ms: list = field(default_factory=list)  # stamp -> arrival of the commands of this period
-    recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=5))  # event messages
+    recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=10))  # event messages
+    last_rejected: str = "none"  # the last rejected command, why
 
 
 class CrazyflieBridge(Node):
@@ -110,7 +113,8 @@ class CrazyflieBridge(Node):
         if missing:
             raise ConfigError(f"{fleet_file or 'config/crazyflies.yaml'}: robots {missing} have no uri "
                               "(radio://0/80/2M/E7E7E7E701, usb://0 or udp://127.0.0.1:19850)")
-        self.drones = {name: Drone(name, DroneSafety(name, self.config)) for name in robots}
+        period_ms = round(1000.0 / rate)
+        self.drones = {name: Drone(name, DroneSafety(name, self.config), LogClock(period_ms)) for name in robots}
         self.wake = self.create_guard_condition(self.on_telemetry)
         for name, drone in self.drones.items():
             drone.pubs = {
@@ -140,7 +144,7 @@ class CrazyflieBridge(Node):
             drone.link = link_factory(robots[name].uri, on_state=lambda s, d=drone: self.take_state(d, s),
                                       on_battery=lambda *b, d=drone: self.take_battery(d, b),
                                       on_link=lambda up, why, d=drone: self.take_link(d, up, why),
-                                      state_period_ms=round(1000.0 / rate), retry=retry, toc_cache=toc_cache)
+                                      state_period_ms=period_ms, retry=retry, toc_cache=toc_cache)
             drone.link.open()
         self.create_timer(1.0 / rate, self.on_tick)
         self.create_timer(1.0, self.on_diagnostics)
@@ -175,7 +179,7 @@ class CrazyflieBridge(Node):
             for sample in states:
                 out = sample.arrays
                 drone.safety.state(sample.time, out["position"], float(yaw_of(out["quaternion"])))
-                stamp = time_from_ns(ros_now - round((now - sample.time) * NS_PER_S))
+                stamp = time_from_ns(drone.clock.stamp_ns(sample.drone_ms, ros_now - round((now - sample.time) * NS_PER_S)))
                 drone.pubs["odom"].publish(odometry_msg(out, stamp, self.frame_id, drone.name))
                 drone.pubs["pose"].publish(pose_msg(out, stamp, self.frame_id))
                 imu = imu_msg({**out, "specific_force_body": np.zeros(3)}, stamp, drone.name)
@@ -253,13 +257,16 @@ class CrazyflieBridge(Node):
         for action in actions:
             drone.link.send(action)
         for event in drone.safety.events:  # (rclpy wants one severity and throttle per call site)
-            if event.kind == "rejected":
+            if event.kind == "rejected":  # up to one per command: counted, the last one kept
                 self.get_logger().warn(event.message, throttle_duration_sec=1.0)
-            elif event.kind in SAFETY_EVENTS:
+                drone.last_rejected = event.message
+                continue
+            if event.kind in SAFETY_EVENTS:
                 self.get_logger().warn(event.message)
             else:
                 self.get_logger().info(event.message)
-            drone.recent.append(event.message)
+            if event.kind != "refused":  # a refused request is answered (and logged), not a change of the drone's
+                drone.recent.append(event.message)
         drone.safety.events.clear()
 
     def on_diagnostics(self) -> None:
@@ -272,7 +279,7 @@ class CrazyflieBridge(Node):
             values = {**status, "link_quality": round(drone.link.quality(now), 1),
                       "command_latency_ms": round(latency[-1], 1) if latency else "none",
                       "command_latency_max_ms": round(max(latency), 1) if latency else "none",
-                      "events": " | ".join(drone.recent)}
+                      "last_rejected": drone.last_rejected, "events": " | ".join(drone.recent)}
             drone.latency_ms = []
             motor_topic = topics.drone_topic(drone.name, topics.CMD_MOTORS_STAMPED)
             values["motor_command_publishers"] = self.count_publishers(motor_topic)
