@@ -290,7 +290,8 @@ def test_low_battery_emergency_lost_link_and_a_killed_controller(server, probe, 
 def test_real_flight_launch_flies_a_mission_and_lands(server, probe, processes, tmp_path):
     """snnctl launch real_flight.launch.yaml against the simulated drones: the bridge, the CTBR PID, the
     mission and the recorder, all from the launch file. The mission starts when the drones are armed
-    (the bridge's clock does); both fly it and land, and the bag has their flight."""
+    (the bridge's clock does); both fly it and land; the bag has their flight, and snnctl sim replay
+    flies its CTBR setpoints again in the simulator."""
     fleet = write_fleet(tmp_path / "fleet.yaml", server)
     mission = tmp_path / "mission.yaml"
     mission.write_text(yaml.safe_dump({"name": "short", "segments": [
@@ -326,3 +327,11 @@ def test_real_flight_launch_flies_a_mission_and_lands(server, probe, processes, 
         z = flight.drone(name).odometry.position[:, 2]
         assert z.max() > 0.4 and z[-1] < 0.05, (name, z.max(), z[-1])
     assert flight.mission is not None and flight.mission.done.any()
+    # the comparison with the simulator (docs/real_flight.md): the recorded CTBR setpoints flown again
+    replay = subprocess.run([sys.executable, "-m", "snn_controller.cli", "sim", "replay", "--bag", str(bag), "--drone",
+                             "cf1", "--out", str(tmp_path / "replay"), "--json"],
+                            env=processes.env, capture_output=True, text=True, timeout=300)
+    assert replay.returncode == 0, replay.stderr
+    result = json.loads(replay.stdout.strip().splitlines()[-1])
+    assert result["commands"] == "ctbr" and result["dt"] == 0.01 and result["steps"] > 500, result
+    assert result["error"]["mean"] < 0.05, result  # a loose bound: the replay follows the flight

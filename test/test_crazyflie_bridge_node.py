@@ -34,7 +34,7 @@ class FakeLink:
     def __init__(self, uri, on_state, on_battery, on_link, state_period_ms, retry, toc_cache):
         self.uri, self.on_state, self.on_battery, self.on_link = uri, on_state, on_battery, on_link
         self.sent, self.extposes, self.closed = [], [], False
-        self.position, self.yaw = [0.1, 0.2, 0.0], math.pi / 2
+        self.position, self.yaw, self.reports = [0.1, 0.2, 0.0], math.pi / 2, 0
         FakeLink.made[uri] = self
 
     def open(self):
@@ -58,7 +58,8 @@ class FakeLink:
     def report(self, vbat=4.0):
         position, yaw = self.position, self.yaw
         q = np.array([math.cos(yaw / 2), 0, 0, math.sin(yaw / 2)])
-        self.on_state(StateSample(time.monotonic(), 0, {
+        self.reports += 1
+        self.on_state(StateSample(time.monotonic(), 20 * self.reports, {  # the drone's clock: every 20 ms
             "position": np.array(position, float), "quaternion": q, "velocity_world": np.array([1.0, 0, 0]),
             "velocity_body": np.array([math.cos(yaw), -math.sin(yaw), 0]),
             "angular_velocity_body": np.array([0.1, 0.2, 0.3])}))
@@ -107,11 +108,12 @@ def test_topics_services_and_the_safety_machine_through_a_fake_link(bridge):
     probe.create_subscription(DiagnosticArray, "/diagnostics", got["diag"].append, qos.STATE)
     cmd = probe.create_publisher(type(ctbr_command_msg(None, [0, 0, 0, 0])), "/cf1/cmd_ctbr_stamped", qos.COMMAND)
     assert spin_until(executor, lambda: cmd.get_subscription_count() and probe.count_subscribers("/cf1/odom"), 10)
-    before = node.get_clock().now().nanoseconds
+    before = node.clock_ns(time.monotonic())
     assert spin_until(executor, lambda: got["odom"] and got["battery"] and got["imu"], 10)
     odom = got["odom"][-1]
     assert odom.header.frame_id == "world" and odom.child_frame_id == "cf1"
-    assert before <= odom.header.stamp.sec * 10**9 + odom.header.stamp.nanosec <= node.get_clock().now().nanoseconds
+    stamp = odom.header.stamp.sec * 10**9 + odom.header.stamp.nanosec  # the bridge's clock, on the 10 ms grid
+    assert before - 10**7 <= stamp <= node.clock_ns(time.monotonic()) + 10**7 and stamp % 10**7 == 0
     assert (odom.pose.pose.position.x, odom.twist.twist.linear.y) == pytest.approx((0.1, -1.0))
     assert got["imu"][-1].linear_acceleration_covariance[0] == -1.0 and got["battery"][-1].voltage == 4.0
 

@@ -4,10 +4,13 @@ For the controllers it is sim_bridge: per enabled drone <name> of the fleet file
 it publishes /<name>/odom (nav_msgs/Odometry: pose in ``frame_id``, twist in the body frame), pose
 (PoseStamped) and imu (sensor_msgs/Imu: orientation and body rates; the compact state log carries no
 acceleration, so linear_acceleration_covariance[0] is -1, "not measured") at the drone's 100 Hz state
-log, each stamped on the drone's own clock (its log timestamp) aligned to ROS time on the 10 ms grid of
-the log period (crazyflie/link.py LogClock: so the flight log and its replay read steps as from sim_bridge), and /clock (the ROS time) every control period
-from the first successful arm on, so that snn_policy, pid_controller, mission_sequencer and the recorder
-run unchanged, and a mission's time starts when the operator arms, not when the bridge starts. It takes
+log. Stamps are on the bridge's clock, as sim_bridge's are on sim time: nanoseconds since the bridge
+started, each state stamped with its own log timestamp (the drone's clock) on the 10 ms grid of the log
+period (crazyflie/link.py LogClock), so that a stamp names one step and the flight log, its report and
+its replay read a real flight as a simulated one. /clock carries that clock every control period from
+the first successful arm on: a mission's time starts when the operator arms, not when the bridge starts
+(rviz and other nodes that compare stamps with the clock need use_sim_time, as with sim_bridge). So
+snn_policy, pid_controller, mission_sequencer and the recorder run unchanged. It takes
 /<name>/cmd_ctbr_stamped (sensor_msgs/JointState, conversions.ctbr_setpoint: [thrust as PWM ratio, p, q,
 r rad/s], header.stamp = the odometry answered) and sends each valid one to the drone as a rate-mode
 setpoint the moment it arrives.
@@ -17,8 +20,8 @@ Also per drone: /<name>/battery (sensor_msgs/BatteryState: pm.vbat, pm.state, 10
 to the drone's estimator as an external pose. /diagnostics at 1 Hz, one status per drone
 ("crazyflie_bridge: <name>"): the safety machine's mode and why, link, battery, command age (since the
 last valid command) and latency (its stamp to its arrival, last and worst in the period), counters,
-the last rejected command and why, and the last 10 events (mode changes and their reasons); and whether a controller publishes motor commands (cmd_motors_stamped), which a real drone
-cannot fly (warned).
+the last rejected command and why, the last 10 events (mode changes and their reasons), and whether a
+controller publishes motor commands (cmd_motors_stamped), which a real drone cannot fly (warned).
 
 Services per drone, and for the whole fleet under ~/ (e.g. /crazyflie_bridge/arm): <name>/arm
 (std_srvs/SetBool: nothing spins before it), <name>/takeoff, <name>/land, <name>/go_to (std_srvs/Trigger;
@@ -139,6 +142,7 @@ class CrazyflieBridge(Node):
             self.create_service(Trigger, f"~/{service}", lambda req, res, s=service: self.on_request(everyone, s, res))
         self.clock_pub = self.create_publisher(Clock, "/clock", qos.CLOCK)
         self.clock_running = False  # /clock from the first arm on: a mission's time starts there
+        self.start = time.monotonic()  # the bridge's clock: 0 here, as sim_bridge's sim time
         self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos.STATE)
         for name, drone in self.drones.items():  # last: its callbacks use all of the above
             drone.link = link_factory(robots[name].uri, on_state=lambda s, d=drone: self.take_state(d, s),
@@ -171,7 +175,8 @@ class CrazyflieBridge(Node):
 
     # --- in the executor ---------------------------------------------------------------------------
     def on_telemetry(self) -> None:
-        now, ros_now = time.monotonic(), self.get_clock().now().nanoseconds
+        now = time.monotonic()
+        clock_ns = self.clock_ns(now)
         for drone in self.drones.values():
             states, battery, link_up = self.handed_over(drone)
             if link_up is not None:
@@ -179,7 +184,7 @@ class CrazyflieBridge(Node):
             for sample in states:
                 out = sample.arrays
                 drone.safety.state(sample.time, out["position"], float(yaw_of(out["quaternion"])))
-                stamp = time_from_ns(drone.clock.stamp_ns(sample.drone_ms, ros_now - round((now - sample.time) * NS_PER_S)))
+                stamp = time_from_ns(drone.clock.stamp_ns(sample.drone_ms, self.clock_ns(sample.time)))
                 drone.pubs["odom"].publish(odometry_msg(out, stamp, self.frame_id, drone.name))
                 drone.pubs["pose"].publish(pose_msg(out, stamp, self.frame_id))
                 imu = imu_msg({**out, "specific_force_body": np.zeros(3)}, stamp, drone.name)
@@ -191,8 +196,12 @@ class CrazyflieBridge(Node):
                     drone.safety.supervisor(now, battery[2])
                 msg = BatteryState(voltage=battery[0], percentage=math.nan, present=True,
                                    power_supply_status=POWER_SUPPLY_STATUS.get(battery[1], 0))
-                msg.header.stamp = time_from_ns(ros_now)
+                msg.header.stamp = time_from_ns(clock_ns)
                 drone.pubs["battery"].publish(msg)
+
+    def clock_ns(self, monotonic_s: float) -> int:
+        """The bridge's clock [ns] at a time.monotonic() time: the time since the bridge started."""
+        return round((monotonic_s - self.start) * NS_PER_S)
 
     @staticmethod
     def handed_over(drone: Drone):
@@ -205,7 +214,7 @@ class CrazyflieBridge(Node):
     def on_tick(self) -> None:
         now = time.monotonic()
         if self.clock_running:
-            self.clock_pub.publish(Clock(clock=self.get_clock().now().to_msg()))
+            self.clock_pub.publish(Clock(clock=time_from_ns(self.clock_ns(now))))
         for drone in self.drones.values():
             drone.link.poll(now)
             self.execute(drone, drone.safety.tick(now))
@@ -217,7 +226,7 @@ class CrazyflieBridge(Node):
         except ValueError as exc:
             self.execute(drone, drone.safety.reject(now, str(exc)))
             return
-        drone.latency_ms.append((self.get_clock().now().nanoseconds - stamp_ns(msg.header.stamp)) / 1e6)
+        drone.latency_ms.append((self.clock_ns(now) - stamp_ns(msg.header.stamp)) / 1e6)
         self.execute(drone, drone.safety.command(now, setpoint))
 
     def on_mocap(self, drone: Drone, msg: PoseStamped) -> None:
@@ -272,7 +281,7 @@ class CrazyflieBridge(Node):
     def on_diagnostics(self) -> None:
         now = time.monotonic()
         msg = DiagnosticArray()
-        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.stamp = time_from_ns(self.clock_ns(now))
         for drone in self.drones.values():
             status = drone.safety.status(now)
             latency = drone.latency_ms
