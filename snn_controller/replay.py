@@ -144,7 +144,8 @@ def fit_rotor_speeds(model, engine: str, recorded: dict, commands: np.ndarray, s
     w = np.asarray(guess, dtype=np.float64)
     for _ in range(iterations):
         r = residual(w)
-        jacobian = np.stack([(residual(w + 1e-6 * e) - r) / 1e-6 for e in np.eye(4)], 1)
+        h = np.where(w + 1e-6 > 1.0, -1e-6, 1e-6)  # differences inside [0, 1]: the engines refuse a speed above 1
+        jacobian = np.stack([(residual(w + h_i * e) - r) / h_i for e, h_i in zip(np.eye(4), h)], 1)
         w = np.clip(w - np.linalg.lstsq(jacobian, r, rcond=None)[0], 0.0, 1.0)
     return w
 
