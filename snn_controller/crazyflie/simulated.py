@@ -401,7 +401,6 @@ class Firmware:
         # high-level commander: the last known setpoint (pos, vel, yaw) plans start from
         self.planner = Planner()
         self.hl_position, self.hl_velocity, self.hl_yaw = np.zeros(3), np.zeros(3), 0.0
-        self.hl_blocked = True
         # supervisor
         self.state = State.NOT_INITIALIZED
         self.armed = self.crashed = self.tumbled = False
@@ -664,7 +663,7 @@ class Firmware:
             if self._in_group(cmd.group_mask):
                 self.planner.state = Planner.IDLE
             return 0
-        if self.hl_blocked:
+        if self.state not in CAN_FLY:
             return 16  # EBUSY: crtpCommanderBlock while the supervisor does not let it fly
         if not self._in_group(cmd.group_mask):
             return 0
@@ -731,14 +730,15 @@ class Firmware:
     # --- one stabilizer tick ------------------------------------------------------------------
     def setpoint_for_tick(self, now_ms: int) -> Setpoint:
         """The setpoint the controller flies this tick (``stabilizerTask`` up to the controller)."""
-        can_fly = self.state in CAN_FLY
-        self.hl_blocked = not can_fly
-        if can_fly:
-            self._high_level_tick(now_ms)
-        setpoint = self.setpoint if can_fly else NULL_SETPOINT
+        # The supervisor first (the firmware updates it after the high-level setpoint, 1 ms before the
+        # next one): a command that arrives after its state changed sees the new state, and the
+        # planner starts from the estimate of this tick.
         if now_ms % SUPERVISOR_PERIOD_MS == 0:
             self._supervisor_update(now_ms)
-        return self._override(setpoint)
+        can_fly = self.state in CAN_FLY
+        if can_fly:
+            self._high_level_tick(now_ms)
+        return self._override(self.setpoint if can_fly else NULL_SETPOINT)
 
     def _high_level_tick(self, now_ms: int) -> None:
         """crtpCommanderHighLevelGetSetpoint at priority 1: a trajectory point, or motors off when idle."""
@@ -921,7 +921,7 @@ class SimulatedCrazyflies:
                  integrator: str = "euler"):
         import torch
 
-        from ..control.pid import PIDController
+        from ..control.pid import PIDController, load_pid_gains
         from ..sim.batched_engine import BatchedEngine
         from ..sim.drone import load_drone
         from ..sim.firmware import RateControlledEngine
@@ -940,12 +940,17 @@ class SimulatedCrazyflies:
             lambda dt: BatchedEngine(self.model, n, dt=dt, dtype=torch.float64, ground=True, integrator=integrator),
             dt=self.dt)
         self.scaling = CtbrScaling()
-        self.position_controller = PIDController(self.model, n, dt=self.dt, ctbr=self.scaling)
+        # the estimate is the true state: the gains' observer (it filters observation noise) is bypassed
+        gains = replace(load_pid_gains(), observer_position_gain=1.0, observer_velocity_gain=1.0, observer_cross_gain=0.0)
+        self.position_controller = PIDController(self.model, n, dt=self.dt, gains=gains, ctbr=self.scaling)
         self.firmwares = [Firmware(require_arming, device_name=self.model.name.upper()) for _ in range(n)]
         self.time_ms = 0
         self.attitude_integral = np.zeros((n, 2))  # roll, pitch [deg s]
         self.position_active = np.zeros(n, dtype=bool)
         self.yaw_target = np.zeros(n)  # rad: the position path's heading under a yaw-rate setpoint
+        self.crash_reason = [""] * n  # the sim's crash rules (sim/supervisor.py) fired: see _observe
+        self.axis_mode = np.zeros((n, 3), dtype=int)  # x, y, z mode of the last tick
+        self.carrot = np.zeros((n, 3))  # m: the moving target of the axes in velocity mode
         self._reset_physics(list(range(n)))
 
     def _reset_physics(self, index: list[int]) -> None:
@@ -956,6 +961,9 @@ class SimulatedCrazyflies:
         self.position_controller.reset(np.isin(np.arange(self.n), index))
         self.attitude_integral[index] = 0.0
         self.position_active[index] = False
+        self.axis_mode[index] = MODE_DISABLE
+        for i in index:
+            self.crash_reason[i] = ""
         self._velocity = self.engine.state.as_numpy()["velocity"]
         self._observe(np.zeros((self.n, 3)))
 
@@ -1007,10 +1015,15 @@ class SimulatedCrazyflies:
                 c, si = math.cos(yaw), math.sin(yaw)
                 wanted[:2] = (c * wanted[0] - si * wanted[1], si * wanted[0] + c * wanted[1])
             for k, mode in enumerate((sp.mode_x, sp.mode_y, sp.mode_z)):
-                if mode == MODE_ABS:
+                if mode == MODE_VELOCITY:  # a target moving at the wanted velocity, from where the mode began
+                    previous = self.carrot[i, k] if self.axis_mode[i, k] == MODE_VELOCITY else pos[i, k]
+                    self.carrot[i, k] = previous + wanted[k] * self.dt
+                    position_error[i, k] = pos[i, k] - self.carrot[i, k]
+                elif mode == MODE_ABS:
                     position_error[i, k] = pos[i, k] - sp.position[k]
                 if mode != MODE_DISABLE:
                     target_velocity[i, k] = wanted[k]
+                self.axis_mode[i, k] = mode
             if sp.mode_yaw == MODE_ABS:
                 self.yaw_target[i] = math.radians(sp.attitude[2])
             elif sp.mode_yaw == MODE_VELOCITY and self.position_active[i]:
@@ -1057,14 +1070,24 @@ class SimulatedCrazyflies:
         return ctbr
 
     def _observe(self, previous_velocity: np.ndarray) -> None:
-        """The estimate of every firmware from the true state; runaway drones are put down."""
+        """The estimate of every firmware from the true state; runaway drones are put down.
+
+        The batched engine's ground levels a drone on contact, so it never lies tipped over. A drone
+        that crashed by the project's crash rules (a hard or tilted ground contact, tilting past 90
+        degrees: ``sim/supervisor.py``) is taken to lie on its side from then on until :meth:`reset`
+        (picked up): its accelerometer reads 1 g along body x, and the firmware's tumble check finds it."""
+        from ..sim.batched_engine import GROUND_CLEARANCE
         from ..sim.fleet import initial_state
         from ..sim.rotations import quat_to_matrix
         from ..sim.supervisor import CrashLimits, crash_reasons
 
         s = self.engine.state.as_numpy()
-        _, runaway = crash_reasons(previous_velocity, s["position"], s["velocity"], s["quaternion"],
-                                   np.zeros(self.n, dtype=bool), CrashLimits())
+        on_ground = s["position"][:, 2] <= GROUND_CLEARANCE + 1e-4
+        reasons, runaway = crash_reasons(previous_velocity, s["position"], s["velocity"], s["quaternion"], on_ground,
+                                         CrashLimits())
+        for i, reason in enumerate(reasons):
+            if reason and not self.crash_reason[i]:
+                self.crash_reason[i] = reason
         if runaway.any():  # never report a non-finite or runaway state: rest on the ground, crashed
             index = list(np.flatnonzero(runaway))
             self.engine.reset(initial_state([self.robots[i] for i in index]), index)
@@ -1076,6 +1099,7 @@ class SimulatedCrazyflies:
         rot = quat_to_matrix(s["quaternion"])
         gravity = np.array([0.0, 0.0, self.model.gravity])
         specific_force = np.einsum("nji,nj->ni", rot, acceleration + gravity) / self.model.gravity
+        specific_force[[bool(r) for r in self.crash_reason]] = (1.0, 0.0, 0.0)  # lying on its side
         pwm = self.engine.last_pwm.numpy()
         self._velocity = s["velocity"]
         for i, fw in enumerate(self.firmwares):
@@ -1098,5 +1122,5 @@ class SimulatedCrazyflies:
                        | {"motor_pwm": fw.motor_pwm.copy(), "supervisor": fw.state.name, "armed": fw.armed,
                           "locked": fw.state == State.LOCKED, "crashed": fw.crashed, "vbat": fw.vbat,
                           "pm_state": fw.pm_state, "extpos": fw.extpos.copy(), "extpos_count": fw.extpos_count,
-                          "time": self.time_ms / 1000.0})
+                          "crash_reason": self.crash_reason[i], "time": self.time_ms / 1000.0})
         return out
