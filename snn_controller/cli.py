@@ -334,21 +334,21 @@ def _conditions(args):
 def _evaluate(model: str, args) -> tuple[dict, str, int]:
     """One ``snnctl eval`` run: (result, drone, steps the guide flies first)."""
     from .config import to_dict
-    from .control.controllers import evaluate_model, make_guide, pid_gains
+    from .control.controllers import evaluate_model, make_guide, model_task, pid_gains
     from .task.spec import TaskConfig
 
     conditions = _conditions(args)
     if pid_gains(model) is not None:  # a PID guide alone ('pid' or a gains file), for comparison
         from .task.envs import evaluate
 
-        task = TaskConfig(drone=args.drone, start=args.starts, stage=args.stage).under(conditions)
+        task = TaskConfig(drone=args.drone, start=args.starts, stage=args.stage, action=args.action).under(conditions)
         r = evaluate(make_guide(model, args.drone, args.episodes, task.dt, task.ctbr_scaling), task, args.episodes,
                      engine=args.engine, seed=args.seed)
         return {**r, "guide": model, "conditions": to_dict(conditions)}, args.drone, 0
     from .io.model_file import load_model
 
     _, manifest = load_model(model)
-    task = TaskConfig(drone=manifest["drone"], start=args.starts, stage=args.stage, dt=manifest["dt"])
+    task = model_task(manifest, start=args.starts, stage=args.stage)
     r = evaluate_model(model, task.under(conditions), args.episodes, seed=args.seed, engine=args.engine,
                        warmup_steps=args.warmup_steps, guide=args.guide)
     return {**r, "conditions": to_dict(conditions)}, manifest["drone"], args.warmup_steps
@@ -356,16 +356,20 @@ def _evaluate(model: str, args) -> tuple[dict, str, int]:
 
 def cmd_eval_mission(args) -> int:
     from .config import to_dict
-    from .control.controllers import deployed_controller, pid_gains
+    from .control.controllers import deployed_controller, model_task, pid_gains
     from .io.model_file import load_model
     from .task.mission import fly_mission, format_metrics, load_mission
     from .task.spec import TaskConfig
 
     mission = load_mission(args.mission)
-    drone = args.drone if pid_gains(args.model) is not None else load_model(args.model)[1]["drone"]
-    conditions = _conditions(args)
-    task = TaskConfig(drone=drone, stage=args.stage).under(conditions)
-    controller = deployed_controller(args.model, drone, args.episodes, task.dt, args.warmup_steps, args.guide)
+    if pid_gains(args.model) is not None:
+        task = TaskConfig(drone=args.drone, stage=args.stage, action=args.action)
+    else:
+        task = model_task(load_model(args.model)[1], stage=args.stage)
+    drone, conditions = task.drone, _conditions(args)
+    task = task.under(conditions)
+    controller = deployed_controller(args.model, drone, args.episodes, task.dt, args.warmup_steps, args.guide,
+                                     ctbr=task.ctbr_scaling)
     r = fly_mission(mission, controller, task, drones=args.episodes, engine=args.engine, seed=args.seed)
     r.update(model=str(args.model), drone=drone, conditions=to_dict(conditions), guide=args.guide)
     _emit(args, r, f"{args.model} ({drone}), {args.engine} engine, seed {args.seed}:\n" + format_metrics(r))
@@ -575,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(sub, "eval", cmd_eval, "evaluate a model file on the paper task")
     p.add_argument("model", help="model file (.safetensors), or a PID alone: 'pid' or a gains file (.yaml)")
     p.add_argument("--drone", default="cf21", help="drone for a PID (a model file names its own)")
+    p.add_argument("--action", choices=["motors", "ctbr"], default="motors",
+                   help="what a PID's outputs drive (a model file names its own): motor commands, or CTBR "
+                        "setpoints through the firmware's rate loop (docs/ctbr.md)")
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--stage", type=int, default=5, help="curriculum stage of the reward (0..5)")
     p.add_argument("--starts", choices=["paper", "moderate"], default="paper")
@@ -599,6 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delays", default="0,1,2,3,4,6", help="comma-separated action delays in control steps")
     p.add_argument("--bound", type=float, default=0.9, help="survival rate a delay must keep")
     p.add_argument("--drone", default="cf21", help="drone for a PID (a model file names its own)")
+    p.add_argument("--action", choices=["motors", "ctbr"], default="motors", help="what a PID's outputs drive")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--stage", type=int, default=5)
     p.add_argument("--starts", choices=["paper", "moderate"], default="moderate")

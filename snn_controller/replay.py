@@ -3,7 +3,9 @@
 ``replay_comparison`` replays one drone of a recorded flight on either engine and writes the
 position error between replay and recording: the commands the simulator says it flew and its rotor
 speeds (motor_state), or, for a bag without them, the commands worked out from the recorded ones
-(sim/command_replay.py); from the simulator's reset when the engine reaches the first recorded
+(sim/command_replay.py), or for a drone flown by CTBR setpoints (cmd_ctbr_stamped: a CTBR controller
+in simulation, or a real Crazyflie through crazyflie_bridge) those setpoints through the firmware's
+rate loop; from the simulator's reset when the engine reaches the first recorded
 state from there, else from that state.
 """
 
@@ -37,7 +39,7 @@ DIVERGED_M = 0.01  # a replay has left its recording once they are this far apar
 class ReplayPlan:
     """What a replay of one drone flies, over steps first..first+T (array index 0 is step ``first``)."""
 
-    source: str  # "applied" (motor_state) or "reconstructed" (the fallback)
+    source: str  # "applied" (motor_state), "reconstructed" (the fallback) or "ctbr" (CTBR setpoints, reconstructed)
     first: int  # the step the replay starts at
     from_reset: bool  # it starts where the simulator's reset put the drone, not at a recorded state
     commands: np.ndarray  # (T, 4) the command of each step; NaN where unknown (never flown)
@@ -46,6 +48,7 @@ class ReplayPlan:
     start: Callable  # (begin, the replay's rotor speeds there or None) -> the DroneState to start at
     gaps: list  # (first, last) steps the recorder missed, after each of which the replay starts again
     command_delay: int | None  # the command_delay the reconstruction assumed; None for "applied"
+    ctbr: bool = False  # the commands are CTBR setpoints, flown through the firmware's rate loop
 
 
 def inferred_command_delay(d: DroneLog) -> int:
@@ -56,15 +59,16 @@ def inferred_command_delay(d: DroneLog) -> int:
     return int(p50.min()) if len(p50) else 0
 
 
-def recorded_schedule(log: FlightLog, d: DroneLog, command_delay: int, command_timeout: float = 0.5):
+def recorded_schedule(log: FlightLog, d: DroneLog, command_delay: int, command_timeout: float = 0.5,
+                      ctbr: bool = False):
     """The fallback's commands: (first step, Schedule) of what the simulator applied to drone ``d``
     at each step, from the first recorded command or state (whichever is earlier: the recorder may
     find the command topics before the odometry) to the last recorded state, worked out from the
-    commands' stamps (sim/command_replay.py)."""
+    commands' stamps (sim/command_replay.py); ``ctbr``: of its CTBR setpoints."""
     from .sim.command_replay import arrival_steps, bridge_schedule
 
     recorded_steps = step_of_stamp(d.odometry.stamp_ns, log.dt_ns)
-    c = d.commands
+    c = d.ctbr_commands if ctbr else d.commands
     answered = np.where(c.answered_ns >= 0, step_of_stamp(c.answered_ns, log.dt_ns), -1)
     arrival = arrival_steps(answered, c.receive_ns, _step_receive_ns(log))
     first = int(min(recorded_steps[0], arrival.min(initial=recorded_steps[0])))
@@ -120,7 +124,7 @@ def _recorded_start(recorded: dict, step: int, rotor_speed):
 
 
 def fit_rotor_speeds(model, engine: str, recorded: dict, commands: np.ndarray, step: int, dt: float, guess,
-                     horizon: int = 3, iterations: int = 4) -> np.ndarray:
+                     horizon: int = 3, iterations: int = 4, ctbr: bool = False) -> np.ndarray:
     """The fallback's rotor speeds at ``step`` (after commands missing from the bag) such that the
     engine, from the recorded state there under the scheduled commands, reproduces the recorded
     velocities and body rates of the next ``horizon`` steps (Gauss-Newton, numerical Jacobian).
@@ -133,7 +137,8 @@ def fit_rotor_speeds(model, engine: str, recorded: dict, commands: np.ndarray, s
         return np.asarray(guess, dtype=np.float64)
 
     def residual(w):
-        out, _ = replay_flight(model, engine, _recorded_start(recorded, step, w), commands[None, step:end], dt)
+        out, _ = replay_flight(model, engine, _recorded_start(recorded, step, w), commands[None, step:end], dt,
+                               ctbr=ctbr)
         return (np.concatenate([out["velocity"][0, 1:], out["angular_velocity"][0, 1:]], 1) - target).ravel()
 
     w = np.asarray(guess, dtype=np.float64)
@@ -145,7 +150,7 @@ def fit_rotor_speeds(model, engine: str, recorded: dict, commands: np.ndarray, s
 
 
 def starts_from_reset(model, engine: str, robot, commands: np.ndarray, recorded: dict, at: int, dt: float,
-                      rotor_speed=None) -> bool:
+                      rotor_speed=None, ctbr: bool = False) -> bool:
     """Whether the replay can start at step 0, where the simulator's reset put the drone (``robot``,
     its entry of the fleet file; None: unknown), instead of at the first recorded state, step ``at``:
     the engine, flown from there under ``commands`` (the ``at`` steps before, none unknown), reaches
@@ -160,7 +165,7 @@ def starts_from_reset(model, engine: str, robot, commands: np.ndarray, recorded:
 
     if robot is None or at == 0 or np.isnan(commands).any():
         return False
-    out, _ = replay_flight(model, engine, initial_state([robot]), commands[None], dt)
+    out, _ = replay_flight(model, engine, initial_state([robot]), commands[None], dt, ctbr=ctbr)
     return bool(np.array_equal(out["position"][0, -1], recorded["position"][at])
                 and (rotor_speed is None or np.array_equal(out["rotor_speed"][0, -1], rotor_speed)))
 
@@ -239,44 +244,49 @@ def flown_segments(known: np.ndarray, startable: np.ndarray, every: int | None) 
 
 
 def reconstructed_plan(log: FlightLog, d: DroneLog, model, engine: str, robot, every: int | None,
-                       command_delay: int | None) -> ReplayPlan:
+                       command_delay: int | None, ctbr: bool = False) -> ReplayPlan:
     """The fallback, for a bag without motor_state: the commands as :func:`recorded_schedule` works
     them out (``command_delay``: default :func:`inferred_command_delay`), motors off before the first
     recorded command (:func:`starts_from_reset` checks it), the rotor speeds at the first state from
     :func:`rotors_at_first_state` and, after each run of states the recorder missed (it missed their
     commands too: it drops messages when it falls more than its queue behind), fitted to the
     recording (:func:`fit_rotor_speeds`). ``every``: start again from the recording every that many
-    steps, the rotors carried over."""
+    steps, the rotors carried over.
+
+    ``ctbr``: the drone's CTBR setpoints, flown through the firmware's rate loop (whose PID state
+    starts at zero at each start, as after the firmware's reinitialisation); the rotor speeds at a
+    recorded start are always fitted (from the hover speed), since the setpoints do not say them."""
     from .sim.fleet import initial_state
 
     delay = inferred_command_delay(d) if command_delay is None else int(command_delay)
-    begin, schedule = recorded_schedule(log, d, delay)
+    begin, schedule = recorded_schedule(log, d, delay, ctbr=ctbr)
     first = int(step_of_stamp(d.odometry.stamp_ns[0], log.dt_ns))
     last = int(step_of_stamp(d.odometry.stamp_ns[-1], log.dt_ns))
     commands = np.concatenate([np.full((begin, 4), -1.0), schedule.commands])  # steps 0..last-1
     recorded = recorded_states(log, d, 0, last)
-    from_reset = starts_from_reset(model, engine, robot, commands[:first], recorded, first, log.dt)
+    from_reset = starts_from_reset(model, engine, robot, commands[:first], recorded, first, log.dt, ctbr=ctbr)
     start_step = 0 if from_reset else first
     commands, recorded = commands[start_step:], _from(recorded, start_step)
     missing = np.isnan(recorded["position"][:, 0])
     missing[:first - start_step] = False  # before the first state: flown from the reset, checked
     gaps = recorder_gaps(missing)
-    refits = {last_missed + 1 for _, last_missed in gaps} | ({0} if begin > 0 and not from_reset else set())
+    refits = {last_missed + 1 for _, last_missed in gaps} | ({0} if (begin > 0 or ctbr) and not from_reset else set())
     restarts = [] if every is None else [k for k in range(first - start_step, len(commands))
                                          if k % every == 0 and not missing[k]]
     bounds = sorted({0, len(commands), *(k for k in (*restarts, *refits) if 0 < k < len(commands))})
-    initial_rotors = rotors_at_first_state(model, schedule, first - begin, begin == 0, log.dt)
+    initial_rotors = np.full(4, model.hover_rotor_speed) if ctbr else \
+        rotors_at_first_state(model, schedule, first - begin, begin == 0, log.dt)
 
     def start(k, carried):
         if from_reset and k == 0:
             return initial_state([robot])
         rotors = initial_rotors if carried is None else carried
         if k in refits:
-            rotors = fit_rotor_speeds(model, engine, recorded, commands, k, log.dt, rotors)
+            rotors = fit_rotor_speeds(model, engine, recorded, commands, k, log.dt, rotors, ctbr=ctbr)
         return _recorded_start(recorded, k, rotors)
 
-    return ReplayPlan("reconstructed", start_step, from_reset, commands, recorded, list(zip(bounds[:-1], bounds[1:])),
-                      start, gaps, delay)
+    return ReplayPlan("ctbr" if ctbr else "reconstructed", start_step, from_reset, commands, recorded,
+                      list(zip(bounds[:-1], bounds[1:])), start, gaps, delay, ctbr)
 
 
 def replay_recorded(model, engine: str, plan: ReplayPlan, dt: float) -> tuple[dict, dict | None]:
@@ -291,7 +301,8 @@ def replay_recorded(model, engine: str, plan: ReplayPlan, dt: float) -> tuple[di
     first_crash, carried = None, None
     for begin, end in plan.segments:
         rotors = carried[1] if carried is not None and carried[0] == begin else None
-        out, crashes = replay_flight(model, engine, plan.start(begin, rotors), plan.commands[None, begin:end], dt)
+        out, crashes = replay_flight(model, engine, plan.start(begin, rotors), plan.commands[None, begin:end], dt,
+                                     ctbr=plan.ctbr)
         for k in trajectory:
             trajectory[k][begin:end + 1] = out[k][0]
         if crashes[0] is not None and first_crash is None:
@@ -332,8 +343,12 @@ def replay_comparison(bag: str | Path, name: str, engine: str = "pybullet", out:
         raise ValueError(f"horizon must be at least one control step ({log.dt} s), got {horizon}")
     every = None if horizon is None else round(horizon / log.dt)  # the engine, without the open-loop drift
     robot = fleet.robots.get(name)
-    plan = applied_plan(log, d, model, engine, robot, every) if len(d.motor_state.stamp_ns) else \
-        reconstructed_plan(log, d, model, engine, robot, every, command_delay)
+    if len(d.ctbr_commands.values):  # flown by CTBR setpoints: motor_state has only their rate loop's mean
+        plan = reconstructed_plan(log, d, model, engine, robot, every, command_delay, ctbr=True)
+    elif len(d.motor_state.stamp_ns):
+        plan = applied_plan(log, d, model, engine, robot, every)
+    else:
+        plan = reconstructed_plan(log, d, model, engine, robot, every, command_delay)
     replayed, crash = replay_recorded(model, engine, plan, log.dt)
     error = np.linalg.norm(replayed["position"] - plan.recorded["position"], axis=-1)
     time_s = (plan.first + np.arange(len(error))) * log.dt

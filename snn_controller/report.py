@@ -109,7 +109,7 @@ def drone_summary(d: DroneLog) -> dict:
 
     flies = d.policy.network_flies
     return {
-        "states": len(d.odometry.stamp_ns), "commands": len(d.commands.values),
+        "states": len(d.odometry.stamp_ns), "commands": len(d.commands.values) + len(d.ctbr_commands.values),
         "sim_time": [round(float(d.odometry.time[0]), 3), round(float(d.odometry.time[-1]), 3)],
         # the simulator's own command age (its rolling window: the last 1000 steps), as it last
         # reported it, and the worst p99 / max it reported during the flight
@@ -218,11 +218,16 @@ def plot_position_error(log: FlightLog, mission, path: Path) -> Path:
 def plot_motor_commands(log: FlightLog, mission, path: Path) -> Path:
     fig, axes = new_figure(len(log.drones), 1, height=2.6)
     for ax, (name, d) in zip(axes[:, 0], log.drones.items()):
-        c = d.commands
+        ctbr = len(d.ctbr_commands.values) > 0 and not len(d.commands.values)
+        c = d.ctbr_commands if ctbr else d.commands
         t = np.where(c.answered_ns >= 0, c.answered_ns, 0) / NS_PER_S  # at the state each answers
+        labels = ("thrust (PWM ratio)", "p [rad/s] / 10", "q [rad/s] / 10", "r [rad/s] / 10") if ctbr else \
+            tuple(f"m{m + 1}" for m in range(4))
+        scale = (1.0, 0.1, 0.1, 0.1) if ctbr else (1.0,) * 4  # rates on the thrust's axis
         for m in range(4):
-            ax.plot(t, c.values[:, m], lw=0.6, label=f"m{m + 1}")
-        ax.set(title=f"{name}: motor commands (at the stamp of the state each answers)", ylabel="[-1, 1]")
+            ax.plot(t, c.values[:, m] * scale[m], lw=0.6, label=labels[m])
+        what = "CTBR setpoints" if ctbr else "motor commands"
+        ax.set(title=f"{name}: {what} (at the stamp of the state each answers)", ylabel="" if ctbr else "[-1, 1]")
         ax.grid(alpha=0.3)
         add_legend(ax, fontsize=7, ncol=4, loc="lower right")
     axes[-1, 0].set_xlabel("sim time [s]")

@@ -34,12 +34,50 @@ def test_train_config_with_ctbr_action_loads_from_yaml(tmp_path):
                     "task: {action: ctbr, ctbr: {max_rate_xy: 10.0, max_rate_z: 3.0}}\n")
     task = load_train_config(path).task
     assert task.action == "ctbr" and task.ctbr == T.CtbrScaling(max_rate_xy=10.0, max_rate_z=3.0)
-    from snn_controller.train.run import Trainer
-    with pytest.raises(ConfigError, match="task.action: ctbr cannot be trained yet"):  # its model file would say motors
-        Trainer(load_train_config(path), tmp_path / "run")
     path.write_text(f"base: {base}\nname: bad\ntask: {{action: rates}}\n")
     with pytest.raises(ConfigError, match=r"action: 'rates' is not one of \['motors', 'ctbr'\]"):
         load_train_config(path)
+
+
+def test_a_ctbr_model_file_records_its_interface_and_is_flown_with_it(tmp_path):
+    """The trainer writes the action interface into the model file; eval and the nodes build their task
+    and guide from it, and refuse a task that would fly the outputs as something else."""
+    from snn_controller.control.controllers import deployed_controller, evaluate_model, model_task
+    from snn_controller.io.model_file import ModelFileError, load_model, model_ctbr
+    from snn_controller.networks.files import save_actor
+    from snn_controller.networks.spiking import ActorArchitecture, SpikingActor
+
+    scaling = T.CtbrScaling(max_rate_xy=10.0, max_rate_z=3.0)
+    actor = SpikingActor(ActorArchitecture(T.OBS_DIM, (16,), 4), slope=2.0)
+    save_actor(actor, tmp_path / "ctbr.safetensors", drone="cf21", dt=0.01, provenance={}, ctbr=scaling)
+    save_actor(actor, tmp_path / "motors.safetensors", drone="cf21", dt=0.01, provenance={})
+    _, manifest = load_model(tmp_path / "ctbr.safetensors")
+    assert manifest["action"] == {"interface": "ctbr", "max_rate_xy": 10.0, "max_rate_z": 3.0}
+    assert "CTBR" in manifest["action_layout"] and model_ctbr(manifest) == scaling
+    task = model_task(manifest, start="moderate")
+    assert task.action == "ctbr" and task.ctbr_scaling == scaling and task.drone == "cf21"
+    assert model_ctbr(load_model(tmp_path / "motors.safetensors")[1]) is None
+    result = evaluate_model(tmp_path / "ctbr.safetensors", task, episodes=2, warmup_steps=5)
+    assert result["episodes"] == 2
+    with pytest.raises(ModelFileError, match="outputs are CTBR setpoints.*the task flies motor commands"):
+        evaluate_model(tmp_path / "ctbr.safetensors", T.TaskConfig(start="moderate"), episodes=2)
+    with pytest.raises(ModelFileError, match="outputs are motor commands.*the task flies CTBR"):
+        evaluate_model(tmp_path / "motors.safetensors", task, episodes=2)
+    # the node's controller: its guide (and failsafe) flies the model's interface
+    assert deployed_controller(str(tmp_path / "ctbr.safetensors"), "cf21", 1, 0.01).handover.guide.ctbr == scaling
+    assert deployed_controller(str(tmp_path / "motors.safetensors"), "cf21", 1, 0.01).handover.guide.ctbr is None
+
+
+def test_the_trainer_saves_ctbr_models(tmp_path):
+    from snn_controller.io.model_file import load_model, model_ctbr
+    from snn_controller.train.run import Trainer
+
+    path = tmp_path / "ctbr.yaml"
+    base = (T.__file__.rsplit("/snn_controller/", 1)[0]) + "/config/train/td3bc_jsrl_ctbr.yaml"
+    path.write_text(f"base: {base}\nname: tiny\nnum_drones: 2\nactor_hidden: [8]\ncritic_hidden: [8]\n")
+    trainer = Trainer(load_train_config(path), tmp_path / "run", log=lambda *a: None)
+    trainer.save_model(tmp_path / "model.safetensors")
+    assert model_ctbr(load_model(tmp_path / "model.safetensors")[1]) == T.CtbrScaling()
 
 
 def test_outputs_map_to_the_setpoint_and_the_hover_output_hovers():

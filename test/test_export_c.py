@@ -84,6 +84,20 @@ def test_export_writes_a_header_generated_from_the_manifest(capsys, tmp_path):
     assert "double" not in code
 
 
+def test_a_ctbr_model_exports_with_its_outputs_stated_as_a_rate_mode_setpoint(capsys, tmp_path):
+    from snn_controller.networks.files import save_actor
+    from snn_controller.networks.spiking import ActorArchitecture, SpikingActor
+    from snn_controller.task.ctbr import CtbrScaling
+
+    actor = SpikingActor(ActorArchitecture(18, (8,), 4), slope=2.0)
+    save_actor(actor, tmp_path / "ctbr.safetensors", drone="cf21", dt=0.01, provenance={}, ctbr=CtbrScaling())
+    code, r = export(capsys, str(tmp_path / "ctbr.safetensors"), "--format", "c", "--out", str(tmp_path / "out"))
+    assert code == 0, r
+    header = (tmp_path / "out" / "ctbr.h").read_text()
+    assert "CTBR setpoint of the firmware's rate mode" in header and "motor 0 (M1)" not in header
+    assert "p, q = action x 14 rad/s" in header and "r = action x 4.5 rad/s" in header
+
+
 def test_export_refuses_what_it_cannot_write(capsys, tmp_path):
     code, r = export(capsys, MLP_MODEL, "--format", "c", "--out", str(tmp_path))
     assert code == 2 and r["error"] == (f"{MLP_MODEL}: not a spiking model (architecture type 'mlp'); "

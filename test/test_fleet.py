@@ -286,3 +286,62 @@ def test_pilot_computes_each_state_once_and_resets_when_time_goes_back():
     assert not pilot.set_goal([math.nan, 0, 1], 0.0) and pilot.set_goal([1.0, 0, 1], 0.5)
     pilot.act(hover_state())
     assert controller.observations[-1][:3] == pytest.approx([-1.0, 0, -0.989])
+
+
+def _airborne_fleet(**options):
+    robots = {"cf1": RobotConfig(initial_position=(0.0, 0.0, 1.0)), "cf2": RobotConfig(initial_position=(1.0, 0.0, 1.0))}
+    return FleetSimulator(load_drone("cf21"), robots, dt=0.01, **options)
+
+
+def test_ctbr_setpoints_fly_the_firmware_rate_loop_and_motor_drones_fly_as_before():
+    """A CTBR drone of the fleet flies as RateControlledEngine on pybullet (sim/firmware.py) does; a drone
+    on motor commands beside it flies exactly as in a fleet without CTBR (the ticks only slice the step)."""
+    from snn_controller.sim.firmware import RateControlledEngine, hover_thrust
+    from snn_controller.sim.fleet import initial_state
+    from snn_controller.sim.pybullet_engine import PybulletEngine
+
+    model = load_drone("cf21")
+    setpoints = [np.array([hover_thrust(model) + 0.02 * np.sin(k / 7), 0.5 * np.cos(k / 5), -0.3, 0.2])
+                 for k in range(60)]
+    motors = [np.full(4, model.hover_action + 0.05 * np.sin(k / 3)) for k in range(60)]
+    mixed, plain = _airborne_fleet(), _airborne_fleet()
+    reference = RateControlledEngine(PybulletEngine(model, 1, dt=0.002, substeps=2, ground=True), dt=0.01)
+    reference.reset(initial_state([mixed.robots["cf1"]]))
+    try:
+        for sp, m in zip(setpoints, motors):
+            assert mixed.submit("cf1", sp, ctbr=True) == "ok"
+            mixed.submit("cf2", m)
+            plain.submit("cf1", m)
+            plain.submit("cf2", m)
+            mixed.step()
+            plain.step()
+            expected = reference.step(torch.as_tensor(sp[None]))
+        a, b = mixed.outputs(), plain.outputs()
+        assert a["cf1"]["position"] == pytest.approx(expected.position[0].numpy(), abs=1e-9)
+        assert a["cf1"]["angular_velocity_body"] == pytest.approx(expected.angular_velocity[0].numpy(), abs=1e-9)
+        assert np.abs(a["cf1"]["angular_velocity_body"]).max() > 0.1  # it really rotated
+        for key in ("position", "quaternion", "velocity_world", "rotor_speed"):
+            np.testing.assert_array_equal(a["cf2"][key], b["cf2"][key])
+        assert mixed.last_flown.ctbr.tolist() == [True, False]
+        assert mixed.last_flown.command[1] == pytest.approx(motors[-1])
+    finally:
+        for sim in (mixed, plain):
+            sim.close()
+        reference.close()
+
+
+def test_ctbr_commands_are_validated():
+    sim = _airborne_fleet()
+    try:
+        assert sim.submit("cf1", [1.5, 40.0, 0.0, 0.0], ctbr=True) == "clamped"  # thrust is a ratio; rates unlimited
+        sim.step()
+        assert sim.commands[0].tolist() == [1.0, 40.0, 0.0, 0.0]
+        assert sim.submit("cf1", [0.5, math.nan, 0.0, 0.0], ctbr=True).startswith("rejected: command contains NaN")
+        assert sim.submit("cf1", [0.5, 0.0, 0.0], ctbr=True) == "rejected: expected 4 CTBR values, got 3"
+    finally:
+        sim.close()
+    sim = _airborne_fleet(substeps=4)
+    try:
+        assert "multiple of the rate loop's 5 ticks" in sim.submit("cf1", [0.5, 0, 0, 0], ctbr=True)
+    finally:
+        sim.close()

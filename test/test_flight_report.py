@@ -33,6 +33,9 @@ PYBULLET_REPLAY_MAX_M = 1e-4
 # The batched engine (another model of the same drone), started again from the recording every
 # second: 0.14-0.25 cm at most.
 BATCHED_1S_REPLAY_MAX_M = 0.01
+# A CTBR flight (the PID's setpoints through the rate loop), the same way: 1.7 cm at most (mean 0.12 cm),
+# since each restart also starts the firmware's rate PIDs again from zero integrals (every 0.5 s: 0.4 cm).
+BATCHED_1S_CTBR_REPLAY_MAX_M = 0.03
 def run_launch(args, env, timeout):
     """snnctl launch in its own process group; on a timeout it is interrupted (so it stops its
     nodes) before it is killed."""
@@ -51,15 +54,16 @@ def run_launch(args, env, timeout):
     return proc.returncode, out, err
 
 
-def fly(tmp_path_factory, mode: str):
-    """(bag, mission file, what --monitor reported) of a flight of the short mission in ``mode``."""
-    tmp = tmp_path_factory.mktemp(f"{mode}_flight")
+def fly(tmp_path_factory, mode: str, launch=("sim_snn.launch.yaml",)):
+    """(bag, mission file, what --monitor reported) of a flight of the short mission in ``mode``
+    (``launch``: the launch file and its extra arguments)."""
+    tmp = tmp_path_factory.mktemp(f"{mode}_{launch[0].split('.')[0]}_flight")
     env = {**os.environ, "ROS_DOMAIN_ID": str(next(conftest._domains)), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
            "ROS_LOG_DIR": str(tmp / "ros_log"), "PYTHONUNBUFFERED": "1",
            "FASTDDS_DEFAULT_PROFILES_FILE": str(conftest.ROOT / "config" / "fastdds_fast_discovery.xml")}
     bag, mission = tmp / "flight", tmp / "short_hop.yaml"
     mission.write_text(SHORT_MISSION)
-    code, out, err = run_launch(["sim_snn.launch.yaml", f"mission:={mission}", "mission_start:=1.0", f"mode:={mode}",
+    code, out, err = run_launch([*launch, f"mission:={mission}", "mission_start:=1.0", f"mode:={mode}",
                                  "record:=true", f"bag:={bag}", "--duration", "120", "--monitor", "--json"], env, 180)
     lines = out.strip().splitlines()
     assert lines and lines[-1].startswith("{"), f"exit {code}\n{out[-3000:]}\n{err[-3000:]}"
@@ -154,10 +158,12 @@ def test_the_report_writes_its_plots_and_page_and_scores_the_mission_as_the_moni
     assert json.loads((out / "metrics.json").read_text()) == metrics
     scored = metrics["mission"]
     assert (scored["crashed"], scored["landed"]) == (monitored["crashed"], monitored["landed"])
-    # the same odometry on the same grid: the same numbers, unless the monitor missed a message
+    # the same odometry on the same grid: the same numbers, unless the monitor missed messages (it then
+    # scores the nearest state within 50 ms; with a training run on both cores: 2.8 mm apart on a
+    # segment whose goal moves at 0.5 m/s)
     for mine, theirs in zip(scored["segments"], monitored["segments"]):
         assert mine["name"] == theirs["name"] and mine["reached"] == theirs["reached"]
-        assert mine["error_mean"] == pytest.approx(theirs["error_mean"], abs=0.002)
+        assert mine["error_mean"] == pytest.approx(theirs["error_mean"], abs=0.005)
         assert mine["error_max"] == pytest.approx(theirs["error_max"], abs=0.01)
         assert mine["reach_time_mean"] == pytest.approx(theirs["reach_time_mean"], abs=0.05)
         # who flew comes from 1 Hz reports placed by receive time, by the recorder and the monitor each
@@ -258,3 +264,24 @@ def test_replaying_an_unknown_drone_or_a_missing_bag_is_an_error_naming_it(fligh
         code, r = run_json(capsys, *argv)
         assert code == 2 and f"{missing}: no such bag" in r["error"]
     assert not (tmp_path / "no_bag_report").exists()
+
+
+@pytest.fixture(scope="module")
+def ctbr_flight(tmp_path_factory):
+    """A lockstep flight of the short mission by the PID on CTBR setpoints (cmd_ctbr_stamped)."""
+    return fly(tmp_path_factory, "lockstep", ["sim_pid.launch.yaml", "action:=ctbr"])
+
+
+def test_a_ctbr_flight_replays_through_the_rate_loop_as_it_flew(ctbr_flight, capsys, tmp_path):
+    """The setpoints a CTBR controller sent, flown through the rate-loop model from the reset, are the
+    flight (pybullet, as sim_bridge flew them); a real Crazyflie's bag replays the same way."""
+    bag, _, _ = ctbr_flight
+    log = read_flight_log(bag)
+    assert len(log.drone("cf1").ctbr_commands.values) > 500 and not len(log.drone("cf1").commands.values)
+    code, r = run_json(capsys, "sim", "replay", "--bag", str(bag), "--drone", "cf1", "--engine", "pybullet",
+                       "--out", str(tmp_path))
+    assert code == 0 and r["commands"] == "ctbr" and r["start"] == "reset", r
+    assert r["replay_crash"] is None and r["error"]["max"] < PYBULLET_REPLAY_MAX_M, r
+    code, r = run_json(capsys, "sim", "replay", "--bag", str(bag), "--drone", "cf2", "--engine", "batched",
+                       "--horizon", "1", "--out", str(tmp_path))
+    assert code == 0 and r["commands"] == "ctbr" and r["error"]["max"] < BATCHED_1S_CTBR_REPLAY_MAX_M, r["error"]

@@ -115,6 +115,15 @@ def test_wrong_observation_layout_or_drone(model_path):
         load_model(model_path)
 
 
+def test_unknown_action_interface_is_refused(model_path):
+    _, manifest = load_model(model_path)
+    for action, match in (({"interface": "rates"}, "names no action interface"),
+                          ({"interface": "ctbr", "max_rate_xy": 14.0}, "max_rate_xy and max_rate_z > 0")):
+        _rewrite(model_path, manifest={**manifest, "action": action})
+        with pytest.raises(ModelFileError, match=match):
+            load_model(model_path)
+
+
 def test_save_refuses_inconsistent_models(tmp_path):
     with pytest.raises(ModelFileError, match="manifest is missing 'drone'"):
         save_model(tmp_path / "x.safetensors", {}, {"architecture": {}, "observation_layout": [],

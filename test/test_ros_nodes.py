@@ -101,6 +101,20 @@ def test_pid_node_flies_sim_drone_to_goal_and_holds_it(processes, probe, one_dro
     assert hold.mean() < 0.01 and hold.max() < 0.03, f"holding: mean {hold.mean():.3f} m, max {hold.max():.3f} m"
 
 
+def test_ctbr_pid_flies_sim_drone_through_the_firmware_rate_loop(processes, probe, one_drone_fleet):
+    """pid_controller action:=ctbr sends CTBR setpoints on cmd_ctbr_stamped; sim_bridge flies them through
+    its model of the firmware's rate loop: the drone takes off and holds the goal."""
+    processes.start(SIM, "-p", f"crazyflies:={one_drone_fleet}", "-p", "mode:=lockstep")
+    processes.start(PID, "-r", "__ns:=/cf1", "-p", "action:=ctbr")
+    goal = np.array([-0.2, 0.3, 0.7])
+    assert probe.spin_until(lambda: probe.odom, 20), "no odometry from sim_bridge\n" + processes.logs()
+    probe.send_goal(goal)
+    hold = probe.hold_errors(goal)
+    assert hold.mean() < 0.02 and hold.max() < 0.04, f"holding: mean {hold.mean():.3f} m, max {hold.max():.3f} m"
+    assert probe.spin_until(lambda: probe.diagnostics.get("cf1", {}).get("accepted", "0") != "0", 5)
+    assert probe.diagnostics["cf1"]["rejected"] == "0", processes.logs()
+
+
 def test_sim_bridge_survives_bad_commands_and_stops_motors(processes, probe, one_drone_fleet):
     processes.start(SIM, "-p", f"crazyflies:={one_drone_fleet}", "-p", "mode:=realtime",
                     "-p", "command_timeout:=0.3")

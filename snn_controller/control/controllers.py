@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..io.model_file import ModelFileError, load_model
+from ..io.model_file import ModelFileError, load_model, model_ctbr
 from ..networks.files import actor_from, load_actor
 from ..networks.spiking_numpy import NumpySpikingActor
 from ..sim.drone import load_drone
@@ -72,6 +72,17 @@ def flight_policy(network, task: T.TaskConfig, episodes: int, privileged: bool, 
     return Handover(network, make_guide(guide, task.drone, episodes, task.dt, task.ctbr_scaling), warmup_steps)
 
 
+def model_task(manifest: dict, **options) -> T.TaskConfig:
+    """The task a model file flies: its drone, control period and action interface; ``options``: the rest."""
+    ctbr = model_ctbr(manifest)
+    return T.TaskConfig(drone=manifest["drone"], dt=manifest["dt"], action="motors" if ctbr is None else "ctbr",
+                        ctbr=ctbr or CtbrScaling(), **options)
+
+
+def interface_name(ctbr: CtbrScaling | None) -> str:
+    return "motor commands" if ctbr is None else f"CTBR setpoints ({ctbr})"
+
+
 def load_network(path, drone: str, n: int):
     """A model file as a network for ``n`` drones: spiking models on the numpy path, MLPs in torch."""
     tensors, manifest = load_model(path, drone=drone)
@@ -85,6 +96,9 @@ def evaluate_model(path, task: T.TaskConfig, episodes: int, seed: int = 0, engin
     """Evaluate a model file (``guide``: "pid" or a guide ANN file flies the warm-up); spiking
     models also report spikes per step per layer."""
     network, manifest = load_network(path, task.drone, episodes)
+    if model_ctbr(manifest) != task.ctbr_scaling:  # the outputs would drive something they were not trained for
+        raise ModelFileError(f"{path}: the model's outputs are {interface_name(model_ctbr(manifest))}, the task "
+                             f"flies {interface_name(task.ctbr_scaling)} (build the task with model_task)")
     privileged = manifest["architecture"]["obs_dim"] == T.PRIVILEGED_OBS_DIM
     result = evaluate(flight_policy(network, task, episodes, privileged, warmup_steps, guide), task, episodes,
                       engine=engine, seed=seed)
@@ -94,16 +108,20 @@ def evaluate_model(path, task: T.TaskConfig, episodes: int, seed: int = 0, engin
 
 
 def deployed_controller(spec: str, drone: str, n: int, dt: float, warmup_steps: int = 50, guide: str = "pid",
-                        envelope: float = 0.5) -> SupervisedPolicy:
+                        envelope: float = 0.5, ctbr: CtbrScaling | None = None) -> SupervisedPolicy:
     """What the snn_policy and pid_controller nodes fly, for ``n`` drones: a model file with its PID
-    guide, or a PID alone (``"pid"`` or a gains file), behind the failsafe (:class:`SupervisedPolicy`)."""
+    guide, or a PID alone (``"pid"`` or a gains file; ``ctbr``: it flies CTBR setpoints), behind the
+    failsafe (:class:`SupervisedPolicy`). A model flies its own action interface (its manifest), and
+    its guide the same one: ``guide.ctbr`` of the result says which."""
     gains = pid_gains(spec)
     if gains is not None:
-        return SupervisedPolicy(None, PIDController(load_drone(drone), n, dt, gains), warmup_steps, envelope)
+        return SupervisedPolicy(None, PIDController(load_drone(drone), n, dt, gains, ctbr=ctbr), warmup_steps,
+                                envelope)
     guide_gains = pid_gains(guide)
     if guide_gains is None:
         raise ValueError(f"the deployed controller's guide and failsafe is a PID ('pid' or a gains file), got {guide!r}")
     network, manifest = load_network(spec, drone, n)
     if manifest["architecture"]["obs_dim"] != T.OBS_DIM:
         raise ModelFileError(f"{spec}: a privileged network (146 inputs) cannot fly a real drone's observations")
-    return SupervisedPolicy(network, PIDController(load_drone(drone), n, dt, guide_gains), warmup_steps, envelope)
+    guide_pid = PIDController(load_drone(drone), n, dt, guide_gains, ctbr=model_ctbr(manifest))
+    return SupervisedPolicy(network, guide_pid, warmup_steps, envelope)

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..sim.rotations import quat_to_matrix
 from ..sim.supervisor import idles_on_ground
+from ..task.ctbr import CtbrScaling
 from ..task.observation import OBS_DIM, Observation, assemble
 
 
@@ -22,11 +23,13 @@ class StampedPilot:
     went back): the controller is reset and the state answered. Until a goal arrives the pilot
     holds ``takeoff_height`` above the first finite position, which it takes for the ground: while
     the drone and its goal are both on the ground (:func:`~snn_controller.sim.supervisor.idles_on_ground`)
-    the motors stay off, and the controller is reset for the next take-off.
+    the motors stay off (every motor -1, or for a controller of CTBR setpoints, ``ctbr``, thrust 0 and
+    no rates), and the controller is reset for the next take-off.
     """
 
-    def __init__(self, controller, takeoff_height: float = 0.5):
+    def __init__(self, controller, takeoff_height: float = 0.5, ctbr: CtbrScaling | None = None):
         self.controller, self.takeoff_height = controller, takeoff_height
+        self.idle_action = np.array((-1.0,) * 4 if ctbr is None else CtbrScaling.IDLE)
         self.goal, self.goal_yaw = None, 0.0
         self.last_stamp = None
         self.last_action = None  # the answer to the state of last_stamp (None: refused)
@@ -65,7 +68,7 @@ class StampedPilot:
                 self.controller.reset()
             self.idle = idle
             if idle:
-                self.last_action = np.full(4, -1.0)
+                self.last_action = self.idle_action.copy()
                 return self.last_action
         actor = assemble(np.empty((1, OBS_DIM)), state["position"] - target, quat_to_matrix(state["quaternion"]),
                          state["velocity_world"], state["angular_velocity_body"])

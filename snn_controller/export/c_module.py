@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.model_file import ModelFileError, code_version, load_model, write_atomically
+from ..io.model_file import ModelFileError, code_version, load_model, model_ctbr, write_atomically
 from ..sim.drone import load_drone
 from ..task.observation import MEANINGS
 
@@ -129,7 +129,7 @@ def _header(manifest: dict, prefix: str, macro: str, identity: dict, hidden: lis
 {_input_lines(manifest)}
  *
  * Output action[{arch['action_dim']}], float32: {manifest['action_layout']}.
-{_output_lines(manifest['drone'])}
+{_output_lines(manifest)}
  *
  * Usage: one {prefix}_state per drone, owned by the caller; {prefix}_init before the first step,
  * {prefix}_reset whenever the network starts flying again (zero membranes, no spikes);
@@ -172,9 +172,19 @@ def _input_lines(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def _output_lines(drone_name: str) -> str:
-    """Where each motor is and which way it turns, from the drone model the manifest names."""
-    model = load_drone(drone_name)
+def _output_lines(manifest: dict) -> str:
+    """What each output drives: the CTBR setpoint's terms, or where each motor is and which way it
+    turns, from the drone model the manifest names."""
+    ctbr = model_ctbr(manifest)
+    if ctbr is not None:
+        return "\n".join([
+            " *   action[0]: collective thrust, PWM ratio (action[0] + 1) / 2 (x 65535: the commander's thrust)",
+            f" *   action[1], action[2]: roll and pitch rate p, q = action x {ctbr.max_rate_xy:g} rad/s "
+            "(body x forward, y left)",
+            f" *   action[3]: yaw rate r = action x {ctbr.max_rate_z:g} rad/s about body z up",
+            " *   A setpoint of the firmware's rate mode (attitude-rate PIDs at 500 Hz, docs/ctbr.md): mind its",
+            " *   pitch sign (controller_pid.c feeds -gyro.y) and deg/s units when you hand it over."])
+    model = load_drone(manifest["drone"])
     lines = [" *   Motor positions in the body frame (x forward, y left, z up):"]
     for i, ((x, y, _), direction) in enumerate(zip(model.rotor_positions, model.rotor_directions)):
         # yaw reaction on the body is opposite to the rotor's spin: -1 (about -z) = counter-clockwise from above

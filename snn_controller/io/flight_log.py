@@ -26,7 +26,8 @@ import numpy as np
 
 from ..sim.fleet import NS_PER_S
 from ..sim.rotations import quat_to_matrix
-from .topics import CMD_MOTORS, CMD_MOTORS_STAMPED, DIAGNOSTICS, GOAL_POSE, MISSION_STATUS, MOTOR_STATE, ODOM
+from .topics import (CMD_CTBR_STAMPED, CMD_MOTORS, CMD_MOTORS_STAMPED, DIAGNOSTICS, GOAL_POSE, MISSION_STATUS,
+                     MOTOR_STATE, ODOM)
 
 UNSTAMPED = -1  # the answered stamp of an unstamped command (cmd_motors): it answers the simulator's current step
 
@@ -53,13 +54,13 @@ class Odometry:
 
 
 @dataclass(frozen=True)
-class MotorCommands:
-    """The commands sent to one drone: stamped (cmd_motors_stamped) and unstamped (cmd_motors),
-    merged in the order received."""
+class Commands:
+    """The commands sent to one drone, in the order received: motor commands, stamped
+    (cmd_motors_stamped) and unstamped (cmd_motors) merged; or CTBR setpoints (cmd_ctbr_stamped)."""
 
     answered_ns: np.ndarray  # (C,) int64 stamp of the state each command answers; UNSTAMPED (-1) for cmd_motors
     receive_ns: np.ndarray  # (C,) int64 when the recorder got it
-    values: np.ndarray  # (C, 4) motor commands m1..m4 in [-1, 1] (as sent: unchecked)
+    values: np.ndarray  # (C, 4) motor commands m1..m4 in [-1, 1], or [thrust, p, q, r] (as sent: unchecked)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,8 @@ class BridgeStatus:
 class DroneLog:
     name: str
     odometry: Odometry
-    commands: MotorCommands
+    commands: Commands  # motor commands
+    ctbr_commands: Commands  # CTBR setpoints (a drone flown by a CTBR controller)
     motor_state: MotorState
     goals: Goals
     policy: PolicyStatus
@@ -165,7 +167,7 @@ def read_flight_log(path: str | Path) -> FlightLog:
     sim_clock = _sim_clock(odometry)
     diagnostics = messages.get(DIAGNOSTICS, [])
     drones = {name: DroneLog(
-        name, odometry[name], _commands(messages, name), _motor_state(messages.get(f"/{name}/{MOTOR_STATE}", [])),
+        name, odometry[name], _commands(messages, name), _ctbr_commands(messages, name), _motor_state(messages.get(f"/{name}/{MOTOR_STATE}", [])),
         _goals(messages.get(f"/{name}/{GOAL_POSE}", [])),
         _policy_status(diagnostics, name, sim_clock), _bridge_status(diagnostics, name)) for name in names}
     return FlightLog(path, _control_period(odometry), drones, _mission_status(messages.get(MISSION_STATUS, [])))
@@ -243,13 +245,22 @@ def _sim_clock(odometry: dict[str, Odometry]):
     return sim_time
 
 
-def _commands(messages: dict, name: str) -> MotorCommands:
+def _commands(messages: dict, name: str) -> Commands:
     stamped = [(t, _stamp_ns(m.header.stamp), list(m.effort))
                for t, m in messages.get(f"/{name}/{CMD_MOTORS_STAMPED}", [])]
     unstamped = [(t, UNSTAMPED, list(m.data)) for t, m in messages.get(f"/{name}/{CMD_MOTORS}", [])]
+    return _command_rows(stamped + unstamped)
+
+
+def _ctbr_commands(messages: dict, name: str) -> Commands:
+    return _command_rows([(t, _stamp_ns(m.header.stamp), list(m.position))
+                          for t, m in messages.get(f"/{name}/{CMD_CTBR_STAMPED}", [])])
+
+
+def _command_rows(rows) -> Commands:
     # the bridge rejects a command without 4 values; so does the log (it could not be replayed)
-    rows = sorted((r for r in stamped + unstamped if len(r[2]) == 4), key=lambda r: r[0])
-    return MotorCommands(np.array([r[1] for r in rows], dtype=np.int64), np.array([r[0] for r in rows], dtype=np.int64),
+    rows = sorted((r for r in rows if len(r[2]) == 4), key=lambda r: r[0])
+    return Commands(np.array([r[1] for r in rows], dtype=np.int64), np.array([r[0] for r in rows], dtype=np.int64),
                          np.array([r[2] for r in rows], dtype=np.float64).reshape(-1, 4))
 
 
@@ -281,7 +292,7 @@ def _policy_status(diagnostics, name: str, sim_clock) -> PolicyStatus:
         time=np.asarray(sim_clock([t for t, _, _ in rows]), dtype=np.float64).reshape(-1),
         network_flies=np.array([v.get("flying") == "network" for v in values], dtype=bool),
         spikes_per_step=np.array([s + [math.nan] * (layers - len(s)) for s in spikes],
-                                 dtype=np.float64).reshape(-1, layers),
+                                 dtype=np.float64).reshape(len(spikes), layers),  # a flight with no policy: (0, 0)
         faults=np.array([_int(v.get("faults"), 0) for v in values], dtype=np.int64))
 
 

@@ -1,7 +1,8 @@
 """Model files: weights + a JSON manifest in one safetensors file. Loading never runs code.
 
 A file holds named float arrays (safetensors) and, in the safetensors metadata, ``manifest``:
-a JSON object with the architecture, the observation and action layouts, the control period,
+a JSON object with the architecture, the observation and action layouts, the action interface
+(``action``: what the outputs drive, motor commands or CTBR setpoints with their scaling), the control period,
 the drone model, the surrogate slope at save time and the provenance (training config, seed,
 steps, evaluation metrics, code version). This module needs only numpy and safetensors (and the
 task's observation layout, which imports nothing).
@@ -18,10 +19,17 @@ from pathlib import Path
 import numpy as np
 
 # The layouts a model must have been trained with to be flown by this code: the task's.
+from ..task.ctbr import CtbrScaling
 from ..task.observation import OBS_DIM, OBS_LAYOUT, PRIVILEGED_OBS_DIM, PRIVILEGED_OBS_LAYOUT
 
 FORMAT = "snn_controller.model/1"
-ACTION_LAYOUT = "motor commands in [-1, 1], rotor speed command (a + 1) / 2, motor order 0..3 of docs/task.md"
+# What the 4 outputs drive, per action interface (TaskConfig.action). A manifest without ``action``
+# (files written before CTBR existed) drives motors.
+ACTION_LAYOUTS = {
+    "motors": "motor commands in [-1, 1], rotor speed command (a + 1) / 2, motor order 0..3 of docs/task.md",
+    "ctbr": "CTBR setpoint of the firmware's rate mode from outputs u in [-1, 1]: thrust (u0 + 1) / 2 as the PWM "
+            "ratio, body rates p, q, r = u1..u3 x max rates [rad/s] (manifest action; docs/ctbr.md)",
+}
 
 
 class ModelFileError(ValueError):
@@ -54,6 +62,23 @@ def expected_shapes(arch: dict) -> dict[str, tuple]:
     shapes["readout.weight"] = (arch["action_dim"], sizes[-1])
     shapes["readout.bias"] = (arch["action_dim"],)
     return shapes
+
+
+def action_manifest(ctbr: CtbrScaling | None) -> dict:
+    """The manifest keys of an action interface: motor commands (``ctbr`` None) or CTBR with its scaling."""
+    if ctbr is None:
+        return {"action": {"interface": "motors"}, "action_layout": ACTION_LAYOUTS["motors"]}
+    return {"action": {"interface": "ctbr", "max_rate_xy": ctbr.max_rate_xy, "max_rate_z": ctbr.max_rate_z},
+            "action_layout": ACTION_LAYOUTS["ctbr"]}
+
+
+def model_ctbr(manifest: dict) -> CtbrScaling | None:
+    """The CTBR scaling a (validated) model flies with, or None for motor commands: the model's
+    ``TaskConfig.ctbr_scaling``."""
+    action = manifest.get("action", {"interface": "motors"})
+    if action["interface"] == "motors":
+        return None
+    return CtbrScaling(max_rate_xy=action["max_rate_xy"], max_rate_z=action["max_rate_z"])
 
 
 def save_model(path: str | os.PathLike, tensors: dict[str, np.ndarray], manifest: dict) -> None:
@@ -130,6 +155,7 @@ def _check(manifest: dict, tensors: dict, where: str) -> None:
     if arch.get("obs_dim") != obs_dim or arch.get("action_dim") != 4:
         raise ModelFileError(f"{where}: architecture obs_dim {arch.get('obs_dim')} / action_dim "
                              f"{arch.get('action_dim')} do not match the layout ({obs_dim} / 4)")
+    _check_action(manifest.get("action", {"interface": "motors"}), where)
     if not (isinstance(manifest["dt"], (int, float)) and manifest["dt"] > 0 and math.isfinite(manifest["dt"])):
         raise ModelFileError(f"{where}: manifest dt must be a positive number")
     expected = expected_shapes(arch)
@@ -143,3 +169,14 @@ def _check(manifest: dict, tensors: dict, where: str) -> None:
                                  f"the architecture needs {shape}")
         if not np.isfinite(tensors[name]).all():
             raise ModelFileError(f"{where}: tensor '{name}' contains NaN or inf")
+
+
+def _check_action(action, where: str) -> None:
+    if not isinstance(action, dict) or action.get("interface") not in ACTION_LAYOUTS:
+        raise ModelFileError(f"{where}: manifest action {action!r} names no action interface this code flies "
+                             f"(interface one of {sorted(ACTION_LAYOUTS)})")
+    if action["interface"] == "ctbr":
+        rates = [action.get(k) for k in ("max_rate_xy", "max_rate_z")]
+        if not all(isinstance(r, (int, float)) and math.isfinite(r) and r > 0 for r in rates):
+            raise ModelFileError(f"{where}: a CTBR model's manifest action needs max_rate_xy and max_rate_z > 0 "
+                                 f"(rad/s), got {rates}")

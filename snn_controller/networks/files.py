@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..io.model_file import ACTION_LAYOUT, ModelFileError, load_model, save_model
+from ..io.model_file import ModelFileError, action_manifest, load_model, save_model
+from ..task.ctbr import CtbrScaling
 from ..task.observation import OBS_DIM, OBS_LAYOUT, PRIVILEGED_OBS_DIM, PRIVILEGED_OBS_LAYOUT
 from .mlp import MLPActor
 from .spiking import ActorArchitecture, SpikingActor
@@ -20,8 +21,10 @@ def actor_tensors(actor: nn.Module) -> dict:
     return {k: v.detach().cpu().numpy() for k, v in actor.state_dict().items() if k != "slope"}
 
 
-def actor_manifest(actor: nn.Module, drone: str, dt: float, provenance: dict) -> tuple[dict, dict]:
-    """The tensors and the manifest of a spiking or an MLP actor."""
+def actor_manifest(actor: nn.Module, drone: str, dt: float, provenance: dict,
+                   ctbr: CtbrScaling | None = None) -> tuple[dict, dict]:
+    """The tensors and the manifest of a spiking or an MLP actor whose outputs drive motors, or
+    (``ctbr``, the task's ``ctbr_scaling``) CTBR setpoints."""
     if isinstance(actor, SpikingActor):
         arch = {"type": "lif_actor", "obs_dim": actor.arch.obs_dim, "hidden": list(actor.arch.hidden),
                 "action_dim": actor.arch.action_dim, "neuron": "LIF, soft reset by subtraction, one-step delay",
@@ -34,15 +37,16 @@ def actor_manifest(actor: nn.Module, drone: str, dt: float, provenance: dict) ->
     layouts = {OBS_DIM: OBS_LAYOUT, PRIVILEGED_OBS_DIM: PRIVILEGED_OBS_LAYOUT}
     if arch["obs_dim"] not in layouts:
         raise ValueError(f"an actor on {arch['obs_dim']} inputs fits no observation layout ({sorted(layouts)})")
-    manifest = {"architecture": arch, "observation_layout": layouts[arch["obs_dim"]], "action_layout": ACTION_LAYOUT,
+    manifest = {"architecture": arch, "observation_layout": layouts[arch["obs_dim"]], **action_manifest(ctbr),
                 "dt": dt, "drone": drone, "provenance": provenance}
     if isinstance(actor, SpikingActor):
         manifest["slope"] = float(actor.slope)
     return actor_tensors(actor), manifest
 
 
-def save_actor(actor: nn.Module, path, drone: str, dt: float, provenance: dict) -> None:
-    save_model(path, *actor_manifest(actor, drone, dt, provenance))
+def save_actor(actor: nn.Module, path, drone: str, dt: float, provenance: dict,
+               ctbr: CtbrScaling | None = None) -> None:
+    save_model(path, *actor_manifest(actor, drone, dt, provenance, ctbr))
 
 
 def load_actor(path, drone: str | None = None, dtype=torch.float32) -> tuple[nn.Module, dict]:

@@ -20,8 +20,10 @@ from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
 from sensor_msgs.msg import Imu, JointState
 
+from ..io import topics
 from ..sim.fleet import NS_PER_S
 from ..sim.rotations import quat_to_matrix, yaw_of
+from ..task.ctbr import CtbrScaling
 
 MOTOR_NAMES = ["m1", "m2", "m3", "m4"]
 CTBR_NAMES = ["thrust", "roll_rate", "pitch_rate", "yaw_rate"]
@@ -61,6 +63,16 @@ def ctbr_setpoint(msg: JointState) -> np.ndarray:
         raise ValueError(f"a CTBR command has names {CTBR_NAMES} and 4 positions, got {list(msg.name)} "
                          f"and {len(msg.position)}")
     return np.asarray(msg.position, dtype=float)
+
+
+def command_topic(ctbr: CtbrScaling | None) -> str:
+    """Where a controller's commands go: cmd_motors_stamped, or (``ctbr``) cmd_ctbr_stamped."""
+    return topics.CMD_MOTORS_STAMPED if ctbr is None else topics.CMD_CTBR_STAMPED
+
+
+def command_msg(stamp: Time, action, ctbr: CtbrScaling | None) -> JointState:
+    """A controller's outputs in [-1, 1] as its command: motor commands, or (``ctbr``) their CTBR setpoint."""
+    return motor_command_msg(stamp, action) if ctbr is None else ctbr_command_msg(stamp, ctbr.setpoint(action))
 
 
 def motor_state_msg(stamp: Time, rotor_speed, command) -> JointState:

@@ -13,7 +13,9 @@ Parameters: ``crazyflies`` (fleet file; '' = fly the one drone of the node's nam
 topics; else every enabled drone <name> of the file on /<name>/odom, /<name>/goal_pose,
 /<name>/cmd_motors_stamped), ``drone`` (the drone model; '' = the fleet file's ``all.drone``, or
 without a fleet file the package's config/crazyflies.yaml's, as sim_bridge), ``gains``, ``rate``,
-``takeoff_height``. Topic names: topics.py.
+``takeoff_height``, ``action`` (motors: cmd_motors_stamped; ctbr: the PID stops at the body rates and
+publishes CTBR setpoints on cmd_ctbr_stamped for the firmware's rate loop, docs/ctbr.md). Topic names:
+topics.py.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from ..sim.drone import load_drone
 from ..sim.fleet import controlled_drones, load_fleet
 from ..io import topics
 from . import qos
-from .conversions import motor_command_msg, odometry_arrays, pose_target, stamp_ns
+from ..task.ctbr import CtbrScaling
+from .conversions import command_msg, command_topic, odometry_arrays, pose_target, stamp_ns
 from .node_main import run
 
 
@@ -43,19 +46,23 @@ class PIDControllerNode(Node):
         self.declare_parameter("gains", "")  # PID gains YAML; '' = config/controllers/pid.yaml
         self.declare_parameter("rate", 100.0)  # Hz, the odometry (control) rate
         self.declare_parameter("takeoff_height", 0.5)  # m above the start, held until a goal arrives
-        fleet_file, drone, gains_file, rate, takeoff_height = (self.get_parameter(n).value for n in (
-            "crazyflies", "drone", "gains", "rate", "takeoff_height"))
+        self.declare_parameter("action", "motors")  # motors | ctbr: what the commands drive
+        fleet_file, drone, gains_file, rate, takeoff_height, action = (self.get_parameter(n).value for n in (
+            "crazyflies", "drone", "gains", "rate", "takeoff_height", "action"))
         if rate <= 0:
             raise ValueError(f"parameter rate must be > 0, got {rate}")
+        if action not in ("motors", "ctbr"):
+            raise ValueError(f"parameter action must be 'motors' or 'ctbr', got {action!r}")
+        self.ctbr = CtbrScaling() if action == "ctbr" else None
         model = load_drone(drone or load_fleet(fleet_file or None).all.drone)
         gains = load_pid_gains(gains_file or None)
         self.rejected = 0
         self.pilots, self.cmd_pubs = {}, {}
         for name, prefix in controlled_drones(fleet_file, self.get_namespace()).items():
             # the PID behind the deployed controller's failsafe (no network): a non-finite state is refused
-            controller = SupervisedPolicy(None, PIDController(model, 1, dt=1.0 / rate, gains=gains))
-            self.pilots[name] = StampedPilot(controller, takeoff_height)
-            self.cmd_pubs[name] = self.create_publisher(JointState, prefix + topics.CMD_MOTORS_STAMPED, qos.COMMAND)
+            controller = SupervisedPolicy(None, PIDController(model, 1, dt=1.0 / rate, gains=gains, ctbr=self.ctbr))
+            self.pilots[name] = StampedPilot(controller, takeoff_height, ctbr=self.ctbr)
+            self.cmd_pubs[name] = self.create_publisher(JointState, prefix + command_topic(self.ctbr), qos.COMMAND)
             self.create_subscription(Odometry, prefix + topics.ODOM, lambda m, n=name: self.on_odom(n, m),
                                      qos.LATEST_STATE)
             self.create_subscription(PoseStamped, prefix + topics.GOAL_POSE, lambda m, n=name: self.on_goal(n, m),
@@ -78,7 +85,7 @@ class PIDControllerNode(Node):
                                    throttle_duration_sec=2.0)
         # else a copy of the state just answered: its answer again, not computed again
         if pilot.last_action is not None:
-            self.cmd_pubs[name].publish(motor_command_msg(msg.header.stamp, pilot.last_action))
+            self.cmd_pubs[name].publish(command_msg(msg.header.stamp, pilot.last_action, self.ctbr))
 
 
 def main(args=None):

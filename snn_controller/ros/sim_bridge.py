@@ -6,7 +6,9 @@ time (step * dt in integer nanoseconds); subscribes <name>/cmd_motors_stamped
 (sensor_msgs/JointState, what our controllers send: header.stamp = the odometry stamp the
 command answers, effort = 4 values in [-1, 1], motor order m1..m4) and <name>/cmd_motors
 (std_msgs/Float32MultiArray, 4 values, unstamped: for your own controllers, taken as answering
-the newest state); services <name>/reset and <name>/emergency (std_srvs/Trigger). Also /clock
+the newest state) and <name>/cmd_ctbr_stamped (JointState, stamped the same way: a CTBR setpoint,
+thrust and body rates in position, flown through the firmware's rate loop as on a Crazyflie in rate
+mode: docs/ctbr.md, conversions.ctbr_command_msg); services <name>/reset and <name>/emergency (std_srvs/Trigger). Also /clock
 (sim time), ~/reset for the whole fleet (time goes back to 0), and /diagnostics (1 Hz, per drone:
 accepted, clamped, rejected and stale commands, watchdog timeouts, command age p50/p99/max in
 steps, crashed and the crash count).
@@ -14,11 +16,11 @@ steps, crashed and the crash count).
 What it flew: <name>/motor_state (sensor_msgs/JointState) once per simulated step, stamped with
 the state the step started from (that state's odometry stamp): name m1..m4, velocity = the rotor
 speeds at that state (normalized, the engines' rotor_speed), effort = the motor commands the engine
-flew over the step, after the bridge's rules (clipping, stale commands, command_delay, the watchdog,
+flew over the step (a CTBR drone: the mean of its rate loop's over the step), after the bridge's rules (clipping, stale commands, command_delay, the watchdog,
 motors off when stopped, crashed or not commanded yet). A step's motor_state is known once the step
 is taken, so it goes out right after the next state's odometry, pose and imu (the controllers wait
 for those, the recorder does not); a reset or a lockstep re-send publishes none. A bag with it
-replays exactly (``snnctl sim replay --bag``) without reconstructing these rules.
+of motor commands replays exactly (``snnctl sim replay --bag``) without reconstructing these rules.
 
 Command age: control steps between the state a command answers and the step it is applied to
 (0 when every answer arrives before the next step). A warning (rate-limited) says when its p99
@@ -57,6 +59,7 @@ from std_srvs.srv import Trigger
 
 from ..sim.drone import load_drone
 from ..sim.fleet import CrashLimits, FleetSimulator, load_fleet
+from ..sim.pybullet_engine import SUBSTEPS
 from ..io import topics
 from . import qos
 from .conversions import imu_msg, motor_state_msg, odometry_msg, pose_msg, stamp_ns, time_from_ns
@@ -83,7 +86,7 @@ class SimBridge(Node):
         self.declare_parameter("crash_tilt_deg", 90.0)  # tilted more anywhere (upside down): a crash
         self.declare_parameter("runaway_distance", 100.0)  # m from the origin: a runaway state
         self.declare_parameter("runaway_speed", 50.0)  # m/s: a runaway state
-        self.declare_parameter("substeps", 10)  # physics steps per control step
+        self.declare_parameter("substeps", SUBSTEPS)  # physics steps per control step
         self.declare_parameter("gui", False)
         self.declare_parameter("ground_effect", False)
         self.declare_parameter("drag", False)
@@ -127,6 +130,8 @@ class SimBridge(Node):
                                      lambda msg, n=name: self.on_stamped_command(n, msg), qos.COMMAND)
             self.create_subscription(Float32MultiArray, f"{name}/{topics.CMD_MOTORS}",
                                      lambda msg, n=name: self.on_command(n, msg), qos.COMMAND)
+            self.create_subscription(JointState, f"{name}/{topics.CMD_CTBR_STAMPED}",
+                                     lambda msg, n=name: self.on_ctbr_command(n, msg), qos.COMMAND)
             self.create_service(Trigger, f"{name}/reset", lambda req, res, n=name: self.on_reset(res, n))
             self.create_service(Trigger, f"{name}/emergency", lambda req, res, n=name: self.on_emergency(res, n))
         self.create_service(Trigger, "~/reset", lambda req, res: self.on_reset(res, None))
@@ -150,8 +155,12 @@ class SimBridge(Node):
     def on_command(self, name: str, msg: Float32MultiArray) -> None:
         self.take_command(name, msg.data, None, topics.CMD_MOTORS)
 
-    def take_command(self, name: str, values, step, topic: str) -> None:
-        status = self.sim.submit(name, values, stamp=step)
+    def on_ctbr_command(self, name: str, msg: JointState) -> None:
+        self.take_command(name, msg.position, self.sim.step_of_stamp(stamp_ns(msg.header.stamp)),
+                          topics.CMD_CTBR_STAMPED, ctbr=True)
+
+    def take_command(self, name: str, values, step, topic: str, ctbr: bool = False) -> None:
+        status = self.sim.submit(name, values, stamp=step, ctbr=ctbr)
         if status != "ok":
             c = self.sim.counters[name]
             self.get_logger().warn(f"{name}/{topic} {status} (rejected {c.rejected}, clamped {c.clamped}, "

@@ -4,7 +4,8 @@ drone's membrane state from step to step.
 Per drone: subscribes odom (nav_msgs/Odometry, newest state only: qos.LATEST_STATE) and goal_pose
 (PoseStamped); on every new state it builds the 18-value observation once and steps the
 drone's network (numpy path, no torch), publishing cmd_motors_stamped (sensor_msgs/JointState,
-see conversions.py: header.stamp = the stamp of the odometry it answers). A copy of the state
+see conversions.py: header.stamp = the stamp of the odometry it answers), or for a model whose
+outputs are CTBR setpoints (its manifest's ``action``) cmd_ctbr_stamped, with a CTBR guide. A copy of the state
 just answered (lockstep re-sends it when the answer is missing) does not step the network or the
 guide again: the same answer goes out again. An older stamp (the simulation was reset) resets the
 drone's network and guide and is answered. The guide (PID) flies the first
@@ -44,13 +45,13 @@ from ..config import ConfigError, package_root
 from ..control.handover import SupervisedPolicy
 from ..control.pid import PIDController, load_pid_gains
 from ..control.pilot import StampedPilot
-from ..io.model_file import load_model
+from ..io.model_file import load_model, model_ctbr
 from ..networks.spiking_numpy import NumpySpikingActor
 from ..sim.drone import load_drone
 from ..sim.fleet import controlled_drones, load_fleet
 from ..io import topics
 from . import qos
-from .conversions import motor_command_msg, odometry_arrays, pose_target, stamp_ns
+from .conversions import command_msg, command_topic, odometry_arrays, pose_target, stamp_ns
 from .node_main import run
 
 DEFAULT_MODEL = "models/td3bc_jsrl_cf21.safetensors"
@@ -100,14 +101,15 @@ class SNNPolicyNode(Node):
         drone = model_drone(model_file, fleet_file, drone)
         drone_model, guide_gains = load_drone(drone), load_pid_gains(gains or None)
         tensors, manifest = load_model(model_file, drone=drone)  # read once: every drone's network is built from it
+        self.ctbr = model_ctbr(manifest)  # what the outputs drive: motors, or CTBR setpoints (and so the guide)
         self.drones: dict[str, FlownDrone] = {}
         for name, prefix in controlled_drones(fleet_file, self.get_namespace()).items():
             network = NumpySpikingActor(tensors, manifest)
-            guide = PIDController(drone_model, 1, dt=manifest["dt"], gains=guide_gains)
+            guide = PIDController(drone_model, 1, dt=manifest["dt"], gains=guide_gains, ctbr=self.ctbr)
             policy = SupervisedPolicy(network, guide, warmup_steps=warmup, envelope=envelope)
-            pilot = StampedPilot(policy, takeoff_height)
+            pilot = StampedPilot(policy, takeoff_height, ctbr=self.ctbr)
             self.drones[name] = FlownDrone(policy, pilot, self.create_publisher(
-                JointState, prefix + topics.CMD_MOTORS_STAMPED, qos.COMMAND))
+                JointState, prefix + command_topic(self.ctbr), qos.COMMAND))
             self.create_subscription(Odometry, prefix + topics.ODOM, lambda m, n=name: self.on_odom(n, m),
                                      qos.LATEST_STATE)
             self.create_subscription(PoseStamped, prefix + topics.GOAL_POSE, lambda m, n=name: self.on_goal(n, m),
@@ -116,8 +118,8 @@ class SNNPolicyNode(Node):
         self.create_service(Trigger, "~/reset", self.on_reset)
         self.create_timer(self.odom_timeout / 2, self.on_watchdog)
         self.create_timer(1.0, self.on_diagnostics)
-        self.get_logger().info(f"flying {list(self.drones)} with {model or DEFAULT_MODEL} ({drone}), "
-                               f"guide warm-up {warmup} steps")
+        self.get_logger().info(f"flying {list(self.drones)} with {model or DEFAULT_MODEL} ({drone}, "
+                               f"{'CTBR setpoints' if self.ctbr else 'motor commands'}), guide warm-up {warmup} steps")
 
     def on_goal(self, name: str, msg: PoseStamped) -> None:
         if not self.drones[name].pilot.set_goal(*pose_target(msg)):
@@ -137,7 +139,7 @@ class SNNPolicyNode(Node):
         elif d.pilot.last_action is None:
             return
         # (else a copy of the state just answered: its answer again, the network not stepped again)
-        d.cmd_pub.publish(motor_command_msg(msg.header.stamp, d.pilot.last_action))
+        d.cmd_pub.publish(command_msg(msg.header.stamp, d.pilot.last_action, self.ctbr))
 
     def on_watchdog(self) -> None:
         for name, d in self.drones.items():

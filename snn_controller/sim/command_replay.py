@@ -67,13 +67,27 @@ def replay(model: DroneModel, engine: str, state: DroneState, actions: np.ndarra
 
 
 def replay_flight(model: DroneModel, engine: str, state: DroneState, actions: np.ndarray, dt: float,
-                  crash: CrashLimits | None = None, **engine_options) -> tuple[dict[str, np.ndarray], list]:
+                  crash: CrashLimits | None = None, ctbr: bool = False,
+                  **engine_options) -> tuple[dict[str, np.ndarray], list]:
     """Replay as the ROS simulator flies: a ground at z = 0 and its crash supervisor (a crashed
-    drone's motors stay off). Returns the trajectories (as :func:`replay`) and per drone None or
-    {"step": the step after which it crashed, "reason"}."""
+    drone's motors stay off). ``ctbr``: the actions are CTBR setpoints ([thrust, p, q, r], docs/ctbr.md)
+    flown through the firmware's rate loop, with its ticks on the physics steps sim_bridge's fleet
+    uses (pybullet: 10 per control step, 2 per tick), so a simulated CTBR flight replays exactly.
+    Returns the trajectories (as :func:`replay`) and per drone None or {"step": the step after
+    which it crashed, "reason"}."""
     if engine == "batched":
         engine_options.setdefault("dtype", torch.float64)
-    sim = make_engine(engine, model, actions.shape[0], dt=dt, ground=True, **engine_options)
+    n = actions.shape[0]
+    if not ctbr:
+        return _fly(make_engine(engine, model, n, dt=dt, ground=True, **engine_options), state, actions, dt,
+                    crash or CrashLimits())
+    from .firmware import ATTITUDE_RATE, RateControlledEngine
+    from .pybullet_engine import SUBSTEPS
+
+    if engine == "pybullet":  # the fleet's physics steps, a tick's share of them at a time
+        engine_options.setdefault("substeps", SUBSTEPS // round(dt * ATTITUDE_RATE))
+    sim = RateControlledEngine(lambda inner_dt: make_engine(engine, model, n, dt=inner_dt, ground=True,
+                                                            **engine_options), dt=dt)
     return _fly(sim, state, actions, dt, crash or CrashLimits())
 
 
@@ -108,6 +122,7 @@ def _fly(sim, state: DroneState, actions: np.ndarray, dt: float, crash: CrashLim
 def _on_ground(sim) -> np.ndarray:
     """(N,) bool: in contact with the ground: pybullet's contact points, or resting on the batched
     engine's flat ground."""
+    sim = getattr(sim, "engine", sim)  # the engine behind a rate loop
     if getattr(sim, "plane", None) is not None:
         return np.array([bool(sim.client.getContactPoints(bodyA=b, bodyB=sim.plane)) for b in sim.bodies])
     from .batched_engine import GROUND_CLEARANCE

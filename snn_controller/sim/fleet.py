@@ -15,10 +15,18 @@ the simulator knows which state each command answers. From that it keeps, per dr
 - the lockstep rule (:meth:`FleetSimulator.ready`): step when every flying drone has answered the
   current step.
 
+Commands are motor commands, or CTBR setpoints ([thrust (PWM ratio), p, q, r (rad/s)], docs/ctbr.md:
+``submit(..., ctbr=True)``): a drone whose command in force is a setpoint flies it through the
+firmware's rate loop (:class:`~snn_controller.sim.firmware.RateController`), one tick every 2 ms of the
+control step, as a real Crazyflie in rate mode; each drone's rate loop is reinitialised whenever it
+starts flying setpoints (as the firmware on a setpoint-mode change).
+
 What the engine flew: after each step :attr:`FleetSimulator.last_flown` holds, per drone, the rotor
 speeds at the state the step started from and the motor commands the engine flew over it (after
-every rule above, and motors off when stopped, crashed or never commanded): sim_bridge publishes it
-as ``<name>/motor_state``, so that a recorded flight replays without reconstructing the rules.
+every rule above, and motors off when stopped, crashed or never commanded; for a CTBR drone the
+mean of its rate loop's motor commands over the step): sim_bridge publishes it as
+``<name>/motor_state``, so that a recorded flight of motor commands replays without reconstructing
+the rules.
 
 Also here: command validation and counters, the command watchdog (motors stop when a drone's
 last command was received more than ``command_timeout`` of simulated time ago, as the real
@@ -113,7 +121,8 @@ class FlownStep:
 
     step: int  # the step it started from (its state is stamped step * dt_ns)
     rotor_speed: np.ndarray  # (N, 4) normalized rotor speeds at that state
-    command: np.ndarray  # (N, 4) the motor commands in [-1, 1] the engine flew over the step
+    command: np.ndarray  # (N, 4) the motor commands in [-1, 1] the engine flew over the step (CTBR: their mean)
+    ctbr: np.ndarray | None = None  # (N,) bool: the drone flew a CTBR setpoint through the rate loop
 
 
 @dataclass
@@ -151,9 +160,16 @@ class FleetSimulator:
         from .pybullet_engine import PybulletEngine
 
         self.engine = PybulletEngine(model, n, dt=self.dt, ground=True, collide_drones=True, **engine_options)
+        from .firmware import ATTITUDE_RATE, RateController
+
+        # CTBR drones: one rate-loop tick per ticks-th of the control step (5 at 100 Hz, 2 physics steps each)
+        self.ticks = max(1, round(self.dt * ATTITUDE_RATE))
+        self.rate_loop = RateController(n, rate_hz=self.ticks / self.dt)
+        self.ctbr_ok = self.engine.substeps % self.ticks == 0
         self.counters = {name: DroneCounters() for name in self.names}
         self.ages = [deque(maxlen=age_window) for _ in self.names]
         self.commands = np.full((n, 4), -1.0)  # the commands in force
+        self.command_ctbr = np.zeros(n, dtype=bool)  # ... are CTBR setpoints
         self.applied_step = np.full(n, -1)  # the step the command in force answers; -1: none
         self.answered = np.full(n, -1)  # the newest step a received command answers
         self.received_step = np.full(n, -math.inf)  # the step the last command was received at
@@ -192,6 +208,7 @@ class FleetSimulator:
         else:
             self.engine.reset(state, idx)
         self.commands[idx] = -1.0
+        self.command_ctbr[idx] = False
         self.applied_step[idx] = -1
         self.answered[idx] = -1
         self.received_step[idx] = -math.inf
@@ -214,9 +231,10 @@ class FleetSimulator:
             raise KeyError(f"unknown drone '{name}'; the fleet has {self.names}")
         return self.index[name]
 
-    def submit(self, name: str, values, stamp: int | None = None) -> str:
-        """Take a motor command (4 values in [-1, 1], motor order of docs/task.md) answering the state
-        of step ``stamp`` (None: the current step).
+    def submit(self, name: str, values, stamp: int | None = None, ctbr: bool = False) -> str:
+        """Take a motor command (4 values in [-1, 1], motor order of docs/task.md), or with ``ctbr`` a
+        CTBR setpoint ([thrust in [0, 1] (PWM ratio), p, q, r in rad/s]), answering the state of step
+        ``stamp`` (None: the current step).
 
         Returns ``"ok"``, ``"clamped"`` (out-of-range values were clipped), ``"stale: <why>"``
         (answers an older step than a command already received: ignored) or ``"rejected: <why>"``;
@@ -226,10 +244,14 @@ class FleetSimulator:
         values = np.asarray(values, dtype=np.float64).ravel()
         if values.shape != (4,):
             c.rejected += 1
-            return f"rejected: expected 4 motor commands, got {values.size}"
+            return f"rejected: expected 4 {'CTBR values' if ctbr else 'motor commands'}, got {values.size}"
         if not np.isfinite(values).all():
             c.rejected += 1
             return "rejected: command contains NaN or inf"
+        if ctbr and not self.ctbr_ok:
+            c.rejected += 1
+            return (f"rejected: CTBR needs the physics substeps ({self.engine.substeps}) to be a multiple of the "
+                    f"rate loop's {self.ticks} ticks per step")
         step = self.steps if stamp is None else int(stamp)
         if step > self.steps:
             c.rejected += 1
@@ -238,15 +260,18 @@ class FleetSimulator:
             c.stale += 1
             return f"stale: answers step {step}, a command for step {self.answered[i]} was already received"
         status = "ok"
-        if (np.abs(values) > 1.0).any():
-            values = np.clip(values, -1.0, 1.0)
+        clipped = np.clip(values, [0.0, -np.inf, -np.inf, -np.inf], 1.0) if ctbr else np.clip(values, -1.0, 1.0)
+        if ctbr:  # thrust as the PWM ratio; the rate mode limits no rate (docs/ctbr.md)
+            clipped[1:] = values[1:]
+        if (clipped != values).any():
+            values = clipped
             c.clamped += 1
             status = "clamped"
         c.accepted += 1
         pending = self.pending[i]
         if pending and pending[-1][0] == step:  # a second answer to the same state replaces the first
             pending.pop()
-        pending.append((step, values))
+        pending.append((step, values, ctbr))
         self.answered[i] = step
         self.received_step[i] = self.steps
         return status
@@ -270,7 +295,10 @@ class FleetSimulator:
         Returns the drones that crashed in this step, with the reason."""
         for i, pending in enumerate(self.pending):
             while pending and pending[0][0] + self.command_delay <= self.steps:
-                self.applied_step[i], self.commands[i] = pending.popleft()
+                self.applied_step[i], self.commands[i], ctbr = pending.popleft()
+                if ctbr and not self.command_ctbr[i]:
+                    self.rate_loop.reset([i])  # the firmware reinitialises its PIDs on a mode change
+                self.command_ctbr[i] = ctbr
         silent = (self.steps - self.received_step) * self.dt_ns > self.timeout_ns
         # Count only drones that were commanded and went silent, not ones still waiting on the ground.
         for name in np.array(self.names)[silent & ~self.stopped & np.isfinite(self.received_step)]:
@@ -279,8 +307,13 @@ class FleetSimulator:
         for i in np.flatnonzero(~off):
             self.ages[i].append(self.steps - self.applied_step[i])
         flown = np.where(off[:, None], -1.0, self.commands)
-        self.last_flown = FlownStep(self.steps, self._rotor_speed, flown)
-        state = self.engine.step(flown).as_numpy()
+        ctbr = self.command_ctbr & ~off
+        if ctbr.any():
+            flown, state = self._fly_rate_loop(flown, ctbr)
+        else:
+            state = self.engine.step(flown)
+        self.last_flown = FlownStep(self.steps, self._rotor_speed, flown, ctbr)
+        state = state.as_numpy()
         self.steps += 1
         crashes = self._supervise(state)
         previous_velocity = self._velocity
@@ -288,6 +321,25 @@ class FleetSimulator:
         self._accel = (self._velocity - previous_velocity) / self.dt
         self._accel[list(self.held)] = 0.0
         return crashes
+
+    def _fly_rate_loop(self, flown: np.ndarray, ctbr: np.ndarray) -> np.ndarray:
+        """One control step in rate-loop ticks: the CTBR drones' rows of ``flown`` are setpoints, turned into
+        motor commands every tick from the state; the other rows are held. Returns the motor commands flown
+        (CTBR rows: the mean over the ticks) and the engine's state after the step."""
+        import torch
+
+        from .firmware import pwm_to_action
+
+        setpoints = torch.as_tensor(np.where(ctbr[:, None], flown, 0.0))
+        substeps = self.engine.substeps // self.ticks
+        total = np.zeros_like(flown)
+        state = self.engine.state
+        for _ in range(self.ticks):
+            motors = pwm_to_action(self.rate_loop.pwm(setpoints, state.angular_velocity, state.quaternion)).numpy()
+            command = np.where(ctbr[:, None], motors, flown)
+            state = self.engine.step(command, substeps=substeps)
+            total += command
+        return total / self.ticks, state
 
     def _supervise(self, s: dict[str, np.ndarray]) -> dict[str, str]:
         """Mark new crashes in the state ``s`` after a step; hold runaway drones at rest on the ground."""

@@ -44,6 +44,9 @@ def wxyz_to_xyzw(q) -> list[float]:
     return [float(q[1]), float(q[2]), float(q[3]), float(q[0])]
 
 
+SUBSTEPS = 10  # physics steps per control step, by default (sim_bridge's too)
+
+
 class PybulletEngine:
     """N drones in one pybullet world.
 
@@ -58,7 +61,7 @@ class PybulletEngine:
         ground_effect, drag: enable the optional gym-pybullet-drones effects.
     """
 
-    def __init__(self, model: DroneModel, n: int = 1, dt: float = 0.01, substeps: int = 10, gui: bool = False,
+    def __init__(self, model: DroneModel, n: int = 1, dt: float = 0.01, substeps: int = SUBSTEPS, gui: bool = False,
                  ground: bool = True, collide_drones: bool = False, ground_effect: bool = False, drag: bool = False,
                  dtype: torch.dtype = torch.float64):
         if n < 1 or dt <= 0 or substeps < 1:
@@ -146,24 +149,27 @@ class PybulletEngine:
         return self.state
 
     # --- stepping ------------------------------------------------------------------
-    def step(self, action) -> DroneState:
-        """Advance all drones by ``dt`` under motor commands ``action`` (N, 4) in [-1, 1]."""
+    def step(self, action, substeps: int | None = None) -> DroneState:
+        """Advance all drones by ``dt`` under motor commands ``action`` (N, 4) in [-1, 1]; or by
+        ``substeps`` of the ``dt / self.substeps`` physics steps (a firmware tick inside a control
+        step: the same physics, held for less time)."""
         action = np.asarray(action.detach().cpu() if isinstance(action, torch.Tensor) else action, dtype=np.float64)
         if action.shape != (self.n, 4):
             raise ValueError(f"action must have shape ({self.n}, 4), got {action.shape}")
+        substeps = self.substeps if substeps is None else substeps
         w_cmd = np.clip((action + 1) * 0.5, 0.0, 1.0)
         h = self.dt / self.substeps
         tau = self._motor_tau  # (N, 1)
         lag = self.model.motor_time_constant > 0
         blend = 1.0 - np.exp(-h / tau) if lag else 1.0
-        for _ in range(self.substeps):
+        for _ in range(substeps):
             w_start = self._rotor_speed
             w_end = w_start + (w_cmd - w_start) * blend
             # The exact mean of w over the substep keeps the impulse of each rotor right.
             self._apply_rotor_forces(self._mean_speed(w_start, w_cmd, h, tau) if lag else w_end)
             self.client.stepSimulation()
             self._rotor_speed = w_end
-        self.time += self.dt
+        self.time += self.dt if substeps == self.substeps else h * substeps
         return self.state
 
     @staticmethod

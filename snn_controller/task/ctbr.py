@@ -1,11 +1,13 @@
 """The CTBR action of the task (docs/ctbr.md): network outputs in [-1, 1] -> firmware rate-mode setpoints.
 
-Plain numbers, free of torch, so the numpy PID guide (control/pid.py) uses the same scaling as FlightEnv.
+Plain numbers and numpy, free of torch, so the numpy PID guide (control/pid.py) uses the same scaling as FlightEnv.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..config import ConfigError
 
@@ -37,3 +39,10 @@ class CtbrScaling:
     @property
     def offset(self) -> tuple[float, float, float, float]:
         return (0.5, 0.0, 0.0, 0.0)
+
+    # The action that idles on the ground: thrust 0 (the firmware stops the motors), no rates.
+    IDLE = (-1.0, 0.0, 0.0, 0.0)
+
+    def setpoint(self, action) -> np.ndarray:
+        """[thrust (PWM ratio), p, q, r (rad/s)] of outputs u (..., 4) in [-1, 1] (numpy)."""
+        return np.asarray(action, dtype=np.float64) * self.scale + self.offset

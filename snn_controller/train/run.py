@@ -53,11 +53,6 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, out_dir: str | os.PathLike, log=print, engine_factory=None):
         c = self.config = config
-        if c.task.action != "motors":
-            # the task, the engines' rate-loop model and the CTBR guide exist; the model file does not
-            # yet say which interface its outputs drive, so eval and the nodes would fly them as motors
-            raise ConfigError(f"task.action: {c.task.action} cannot be trained yet: model files record motor "
-                              "commands as their action layout, and the nodes send motor commands (docs/ctbr.md)")
         if c.collector == "ros" and engine_factory is None:
             raise ConfigError("collector: ros flies the rollouts on training_bridge nodes: train with the trainer "
                               "node (snnctl launch sil_train.launch.yaml), or set collector: inprocess")
@@ -221,8 +216,8 @@ class Trainer:
                 "train_seconds": round(self.train_seconds(), 1), **(extra or {})}
 
     def save_model(self, path, extra: dict | None = None) -> None:
-        save_model(path, *actor_manifest(self.td3.actor, self.config.task.drone, self.config.task.dt,
-                                         self.provenance(extra)))
+        task = self.config.task
+        save_model(path, *actor_manifest(self.td3.actor, task.drone, task.dt, self.provenance(extra), task.ctbr_scaling))
 
     def save_checkpoint(self) -> None:
         """Everything needed to continue exactly, written atomically (temp file + rename)."""
