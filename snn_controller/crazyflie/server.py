@@ -77,22 +77,27 @@ class CrazyflieServer:
         self.step_cpu_s = 0.0  # CPU time of the physics thread's steps [s]
 
     @classmethod
-    def from_fleet(cls, path: str | Path, **options) -> "CrazyflieServer":
-        """The enabled robots of a crazyflies.yaml whose uri is ``udp://127.0.0.1:<port>``, at their
-        initial positions and yaws."""
+    def from_fleet(cls, path: str | Path, base_port: int | None = None, drone: str | None = None,
+                   **options) -> "CrazyflieServer":
+        """The enabled robots of a crazyflies.yaml at their initial positions and yaws, each on the port
+        of its ``udp://127.0.0.1:<port>`` uri, or with ``base_port`` robot i on ``base_port + i`` (any
+        uri). ``drone``: the drone model (default the file's ``all.drone``)."""
         from ..sim.fleet import load_fleet
 
         fleet = load_fleet(str(path))
         robots = fleet.enabled_robots()
         ports = []
-        for name, robot in robots.items():
+        for i, (name, robot) in enumerate(robots.items()):
             uri = urlparse(robot.uri)
-            if uri.scheme != "udp" or uri.port is None or uri.hostname not in ("127.0.0.1", "localhost"):
-                raise ValueError(f"{path}: robots.{name}.uri must be udp://127.0.0.1:<port> to be simulated here, "
-                                 f"got {robot.uri!r}")
-            ports.append(uri.port)
+            if base_port is not None:
+                ports.append(base_port + i)
+            elif uri.scheme == "udp" and uri.port is not None and uri.hostname in ("127.0.0.1", "localhost"):
+                ports.append(uri.port)
+            else:
+                raise ValueError(f"{path}: robots.{name}.uri must be udp://127.0.0.1:<port> to be simulated here "
+                                 f"(or give a base port), got {robot.uri!r}")
         return cls(ports=ports, initial_positions=[r.initial_position for r in robots.values()],
-                   initial_yaws=[r.initial_yaw for r in robots.values()], drone=fleet.all.drone,
+                   initial_yaws=[r.initial_yaw for r in robots.values()], drone=drone or fleet.all.drone,
                    names=list(robots), **options)
 
     @property

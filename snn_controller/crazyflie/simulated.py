@@ -1037,7 +1037,7 @@ class SimulatedCrazyflies:
         observation = Observation(actor=assemble(np.zeros((n, OBS_DIM)), position_error, rot, vel, omega),
                                   target_yaw=target_yaw)
         u = self.position_controller(observation, target_velocity=target_velocity)
-        from_position = u * np.array(self.scaling.scale) + np.array(self.scaling.offset)
+        from_position = self.scaling.setpoint(u)
 
         ctbr = np.zeros((n, 4))
         controller = self.engine.controller
