@@ -4,10 +4,17 @@ watchdog, extpos and the battery. Deadlines are in simulated time (the firmware'
 generous wall-clock bounds, so a slow machine runs the same flight more slowly, never differently."""
 
 import math
+import os
+import random
+import signal
 import socket
+import struct
+import subprocess
+import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +26,8 @@ from cflib.crazyflie.syncCrazyflie import SyncCrazyflie  # noqa: E402
 
 from snn_controller.crazyflie import crtp  # noqa: E402
 from snn_controller.crazyflie.server import CrazyflieServer  # noqa: E402
-from snn_controller.crazyflie.simulated import Firmware, Planner, SimulatedCrazyflies, log_values  # noqa: E402
+from snn_controller.crazyflie.simulated import (Firmware, Planner, SimulatedCrazyflies, TrajectoryPoint,  # noqa: E402
+                                                log_values)
 
 WALL_LIMIT = 60.0  # s: no single wait in these tests may take longer, however slow the machine
 
@@ -444,13 +452,6 @@ def test_battery_drains_with_thrust():
 
 
 def test_snnctl_sim_crazyflie_serves_a_fleet_file_until_ctrl_c(tmp_path):
-    import os
-    import random
-    import signal
-    import subprocess
-    import sys
-    from pathlib import Path
-
     port = random.randint(20000, 29000)
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(f"robots:\n  a:\n    uri: udp://127.0.0.1:{port}\n    initial_position: [0.5, 0.0, 0.0]\n"
@@ -466,3 +467,46 @@ def test_snnctl_sim_crazyflie_serves_a_fleet_file_until_ctrl_c(tmp_path):
     finally:
         cli.send_signal(signal.SIGINT)
         assert cli.wait(timeout=30) == 0
+
+
+def test_drop_link_silences_the_drone_for_a_while(server):
+    with connect(server) as scf:
+        rec = Recorder(scf.cf, ["stateEstimate.z"], period_ms=10)
+        wait_until(server, lambda: len(rec.entries) > 10, 1.0, "log entries")
+        server.drop_link(0, 0.5)
+        time.sleep(0.8)
+        before = len(rec.entries)
+        wait_until(server, lambda: len(rec.entries) > before + 10, 1.0, "log entries after the link is back")
+    stamps = np.array([t for t, _ in rec.entries])
+    assert np.diff(stamps).max() >= 100, "no gap in the log while the link was down"
+
+
+def test_high_level_group_mask_and_current_yaw():
+    sim = SimulatedCrazyflies([(0, 0, 0)], initial_yaws=[1.0], require_arming=False)
+    fw = sim.firmwares[0]
+    while fw.state.name != "READY_TO_FLY":
+        sim.step()
+    fw.params["hlCommander.groupmask"] = 0b10
+
+    def takeoff(group, yaw):
+        use_current = yaw is None
+        data = struct.pack("<BBff?f", crtp.HighLevel.TAKEOFF_2, group, 0.5, 0.0 if use_current else yaw, use_current, 1.0)
+        return sim.handle(0, crtp.Packet(crtp.Port.HIGH_LEVEL, 0, data))[0].data[3]
+
+    assert takeoff(0b01, None) == 0 and fw.planner.state == Planner.IDLE  # another group's command
+    assert takeoff(0b10, None) == 0 and fw.planner.state == Planner.FLYING
+    end = fw.planner.evaluate(10.0)
+    assert end.yaw == pytest.approx(1.0, abs=1e-6) and end.position[2] == pytest.approx(0.5)
+    assert takeoff(0, 0.0) == 1  # plan_takeoff refuses unless idle
+
+
+def test_planner_polynomial_meets_its_boundary_conditions():
+    planner = Planner()
+    start = (np.array([0.0, 1.0, 0.5]), np.array([0.2, -0.1, 0.0]), np.array([0.0, 0.5, 0.0]))
+    planner.go_to_from(TrajectoryPoint(*start, yaw=3.0, yaw_rate=0.0), False, False, (1.0, 0.0, 1.0), -3.0, 2.0, t=5.0)
+    first, last = planner.evaluate(5.0), planner.evaluate(7.0)
+    assert first.position == pytest.approx(start[0]) and first.velocity == pytest.approx(start[1])
+    assert first.acceleration == pytest.approx(start[2], abs=1e-9)
+    assert last.position == pytest.approx([1.0, 0.0, 1.0], abs=1e-6) and last.velocity == pytest.approx(np.zeros(3), abs=1e-6)
+    assert last.yaw == pytest.approx(3.0 + (2 * math.pi - 6.0), abs=1e-6)  # the short way round, through pi
+    assert planner.evaluate(9.0).velocity == pytest.approx(np.zeros(3))

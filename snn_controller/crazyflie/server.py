@@ -32,6 +32,9 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import torch
+
+from ..sim.fleet import load_fleet
 from . import crtp
 from .simulated import TICK_MS, SimulatedCrazyflies
 
@@ -82,8 +85,6 @@ class CrazyflieServer:
         """The enabled robots of a crazyflies.yaml at their initial positions and yaws, each on the port
         of its ``udp://127.0.0.1:<port>`` uri, or with ``base_port`` robot i on ``base_port + i`` (any
         uri). ``drone``: the drone model (default the file's ``all.drone``)."""
-        from ..sim.fleet import load_fleet
-
         fleet = load_fleet(str(path))
         robots = fleet.enabled_robots()
         ports = []
@@ -204,8 +205,6 @@ class CrazyflieServer:
             log.debug("send to %s failed: %s", address, e)
 
     def _run_physics(self) -> None:
-        import torch
-
         torch.set_num_threads(1)  # a 2 x 4 batch: threads only add overhead
         period = TICK_MS / 1000.0
         next_tick = time.monotonic()

@@ -63,7 +63,17 @@ from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
 import numpy as np
+import torch
 
+from ..control.pid import PIDController, load_pid_gains
+from ..sim.batched_engine import GROUND_CLEARANCE, BatchedEngine
+from ..sim.drone import load_drone
+from ..sim.firmware import RateControlledEngine
+from ..sim.fleet import RobotConfig, initial_state
+from ..sim.rotations import quat_to_matrix
+from ..sim.supervisor import CrashLimits, crash_reasons
+from ..task.ctbr import CtbrScaling
+from ..task.observation import OBS_DIM, Observation, assemble
 from . import crtp
 from .crtp import Packet, Port
 
@@ -919,15 +929,6 @@ class SimulatedCrazyflies:
 
     def __init__(self, initial_positions, initial_yaws=None, drone: str = "cf21", require_arming: bool = True,
                  integrator: str = "euler"):
-        import torch
-
-        from ..control.pid import PIDController, load_pid_gains
-        from ..sim.batched_engine import BatchedEngine
-        from ..sim.drone import load_drone
-        from ..sim.firmware import RateControlledEngine
-        from ..sim.fleet import RobotConfig
-        from ..task.ctbr import CtbrScaling
-
         positions = np.asarray(initial_positions, dtype=np.float64).reshape(-1, 3)
         n = len(positions)
         if n < 1:
@@ -954,8 +955,6 @@ class SimulatedCrazyflies:
         self._reset_physics(list(range(n)))
 
     def _reset_physics(self, index: list[int]) -> None:
-        from ..sim.fleet import initial_state
-
         state = initial_state([self.robots[i] for i in index])
         self.engine.reset(state, None if len(index) == self.n else index)
         self.position_controller.reset(np.isin(np.arange(self.n), index))
@@ -986,8 +985,6 @@ class SimulatedCrazyflies:
     def step(self) -> None:
         """One stabilizer tick: every firmware picks its setpoint, the controllers and 5 rate-loop
         ticks of physics run, the estimates and log values are updated; 10 ms later."""
-        import torch
-
         setpoints = [fw.setpoint_for_tick(self.time_ms) for fw in self.firmwares]
         ctbr = self._control(setpoints)
         previous_velocity = self._velocity
@@ -997,9 +994,6 @@ class SimulatedCrazyflies:
 
     def _control(self, setpoints: list[Setpoint]) -> np.ndarray:
         """The CTBR setpoint (N, 4) [thrust PWM ratio, p, q, r (rad/s)] for the rate loop."""
-        from ..sim.rotations import quat_to_matrix
-        from ..task.observation import OBS_DIM, Observation, assemble
-
         s = self.engine.state.as_numpy()
         pos, vel, quat, omega = s["position"], s["velocity"], s["quaternion"], s["angular_velocity"]
         rot = quat_to_matrix(quat)
@@ -1076,11 +1070,6 @@ class SimulatedCrazyflies:
         that crashed by the project's crash rules (a hard or tilted ground contact, tilting past 90
         degrees: ``sim/supervisor.py``) is taken to lie on its side from then on until :meth:`reset`
         (picked up): its accelerometer reads 1 g along body x, and the firmware's tumble check finds it."""
-        from ..sim.batched_engine import GROUND_CLEARANCE
-        from ..sim.fleet import initial_state
-        from ..sim.rotations import quat_to_matrix
-        from ..sim.supervisor import CrashLimits, crash_reasons
-
         s = self.engine.state.as_numpy()
         on_ground = s["position"][:, 2] <= GROUND_CLEARANCE + 1e-4
         reasons, runaway = crash_reasons(previous_velocity, s["position"], s["velocity"], s["quaternion"], on_ground,
