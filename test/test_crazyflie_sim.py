@@ -26,8 +26,8 @@ from cflib.crazyflie.syncCrazyflie import SyncCrazyflie  # noqa: E402
 
 from snn_controller.crazyflie import crtp  # noqa: E402
 from snn_controller.crazyflie.server import CrazyflieServer  # noqa: E402
-from snn_controller.crazyflie.simulated import (Firmware, Planner, SimulatedCrazyflies, TrajectoryPoint,  # noqa: E402
-                                                log_values)
+from snn_controller.crazyflie.simulated import (IDLE_THRUST_ARMED, Firmware, Planner,  # noqa: E402
+                                                SimulatedCrazyflies, TrajectoryPoint, log_values)
 
 WALL_LIMIT = 60.0  # s: no single wait in these tests may take longer, however slow the machine
 
@@ -234,8 +234,8 @@ def test_rate_mode_hover_then_rate_steps_turn_the_right_way(server):
         arm(server, cf)
         rec = Recorder(cf, ["stateEstimateZ.rateRoll", "stateEstimateZ.ratePitch", "stateEstimateZ.rateYaw",
                             "gyro.y", "stateEstimateZ.z"])
-        stream(server, lambda: cf.commander.send_setpoint(0, 0, 0, 40000), 0.1)  # locked thrust: motors stay off
-        assert truth(server)["motor_pwm"].max() == 0
+        stream(server, lambda: cf.commander.send_setpoint(0, 0, 0, 40000), 0.1)  # the thrust lock holds
+        assert truth(server)["motor_pwm"].max() == IDLE_THRUST_ARMED  # armed: the motors idle
         cf.commander.send_setpoint(0, 0, 0, 0)  # unlock the thrust
         stream(server, lambda: cf.commander.send_setpoint(0, 0, 0, int(hover * 1.1)), 0.5)
         stream(server, lambda: cf.commander.send_setpoint(0, 0, 0, int(hover * 0.9)), 0.4)  # a hop: climb, slow down
@@ -278,7 +278,10 @@ def test_high_level_takeoff_go_to_land(server):
         sleep_sim(server, 2.5)
         s = truth(server)
         assert s["position"][2] < 0.03 and s["position"][:2] == pytest.approx([0.6, 0.3], abs=0.04)
-        assert s["motor_pwm"].max() == 0, "the planner idles after landing: motors off"
+        assert s["motor_pwm"].max() == IDLE_THRUST_ARMED  # the planner idles: the armed motors too
+        wait_until(server, lambda: truth(server)["supervisor"] == "LANDED", 2.5, "landed (2 s below idle + 1)")
+        wait_until(server, lambda: not truth(server)["armed"], 3.5, "disarmed after the landing timeout")
+        assert truth(server)["motor_pwm"].max() == 0
 
 
 def test_streaming_setpoints_override_and_notify_stop_hands_back(server):

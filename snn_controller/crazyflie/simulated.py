@@ -88,7 +88,7 @@ PREFLIGHT_TIMEOUT_MS, LANDING_TIMEOUT_MS, SPINUP_TIMEOUT_MS = 30000, 3000, 2000
 TUMBLE_TILT_ACC_Z, TUMBLE_TILT_MS = 0.5, 1000  # SUPERVISOR_TUMBLE_CHECK_ACCEPTED_TILT_*
 TUMBLE_UPSIDE_DOWN_ACC_Z, TUMBLE_UPSIDE_DOWN_MS = -0.2, 100
 FREE_FALL_G = 0.1
-IDLE_THRUST_ARMED = 7000  # CONFIG_MOTORS_DEFAULT_IDLE_THRUST: above it a motor counts as flying
+IDLE_THRUST_ARMED = 7000  # PWM, CONFIG_MOTORS_DEFAULT_IDLE_THRUST: armed motors idle here; above it a motor is flying
 ATTITUDE_KP, ATTITUDE_KI, ATTITUDE_ILIMIT = 6.0, 3.0, 20.0  # PID_ROLL_* = PID_PITCH_* (kd 0)
 BATTERY_FULL = 4.15  # V, a charged LiPo at rest
 BATTERY_DRAIN = 0.004  # V/s at full PWM: ~1 V in 7 min of hover (PWM ratio 0.66), an assumption
@@ -1061,6 +1061,8 @@ class SimulatedCrazyflies:
             ctbr[i] = (thrust, math.radians(rates[0]), -math.radians(rates[1]), math.radians(yaw_rate))
         allowed = np.array([fw.motors_allowed() for fw in self.firmwares])
         ctbr[~allowed, 0] = 0.0  # supervisorAreMotorsAllowedToRun, else motorsStop
+        idle = IDLE_THRUST_ARMED if self.require_arming else 0.0  # powerDistributionGetIdleThrust
+        controller.idle_thrust = torch.as_tensor(np.where(allowed, idle, 0.0), dtype=controller.dtype)
         return ctbr
 
     def _observe(self, previous_velocity: np.ndarray) -> None:
