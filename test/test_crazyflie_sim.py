@@ -3,6 +3,7 @@ rate mode, the high-level commander, setpoint priorities, arming, emergency stop
 watchdog, extpos and the battery. Deadlines are in simulated time (the firmware's clock) with
 generous wall-clock bounds, so a slow machine runs the same flight more slowly, never differently."""
 
+import errno
 import math
 import os
 import random
@@ -76,7 +77,9 @@ def connect(srv, **cf_options):
 
 
 def arm(srv, cf):
-    cf.supervisor.send_arming_request(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        cf.platform.send_arming_request(True)  # deprecated: cflib sends it on the supervisor port (protocol >= 12)
     wait_until(srv, lambda: truth(srv)["supervisor"] == "READY_TO_FLY", 1.0, "armed")
 
 
@@ -215,12 +218,22 @@ def test_quatcompress_round_trip_and_toc_formats():
         crtp.TocEntry("stateEstimateZ", "aVeryLongName", 7)
 
 
+def test_the_deprecated_platform_and_localization_packets_still_work():
+    """What a client for protocol < 12 sends: arming on the platform port, emergency stop on localization."""
+    fw = Firmware()
+    reply = fw.handle(crtp.Packet(crtp.Port.PLATFORM, crtp.Platform.COMMAND_CHANNEL, bytes((1, 1))), 0)
+    assert reply[0].data == bytes((1, 1, 1)) and fw.armed  # command, success, is armed
+    fw.handle(crtp.Packet(crtp.Port.LOCALIZATION, crtp.Localization.GENERIC_CHANNEL, bytes((3,))), 0)
+    fw._supervisor_update(40)
+    assert fw.state.name == "EXCEPT_FREE_FALL" and not fw.motors_allowed() and not fw.armed
+
+
 def test_log_block_too_large_is_refused():
     fw = Firmware()
     L = crtp.Log
     floats = b"".join(bytes((7,)) + k.to_bytes(2, "little") for k in range(7))  # 7 floats = 28 bytes > 26
     reply = fw.handle(crtp.Packet(crtp.Port.LOG, L.CONTROL_CHANNEL, bytes((L.CREATE_BLOCK_V2, 3)) + floats), 0)
-    assert reply[0].data == bytes((L.CREATE_BLOCK_V2, 3, 7))  # E2BIG
+    assert reply[0].data == bytes((L.CREATE_BLOCK_V2, 3, errno.E2BIG))
 
 
 # --- flight --------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ r = -yawrate [deg/s]: a positive cflib yaw rate turns clockwise seen from above.
 
 from __future__ import annotations
 
+import errno
 import math
 import struct
 from dataclasses import dataclass, field, replace
@@ -521,31 +522,31 @@ class Firmware:
         error = {L.CREATE_BLOCK_V2: self._create_block, L.APPEND_BLOCK_V2: self._append_block,
                  L.DELETE_BLOCK: self._delete_block, L.START_BLOCK: self._start_block,
                  L.START_BLOCK_V2: self._start_block, L.STOP_BLOCK: self._stop_block}.get(command)
-        code = error(command, block_id, p.data[2:], now_ms) if error else 8  # ENOEXEC
+        code = error(command, block_id, p.data[2:], now_ms) if error else errno.ENOEXEC
         return [crtp.log_control_reply(command, block_id, code)]
 
     def _create_block(self, command, block_id, payload, now_ms) -> int:
         if block_id in self.log_blocks:
-            return 17  # EEXIST
+            return errno.EEXIST
         if len(self.log_blocks) >= crtp.Log.MAX_BLOCKS:
-            return 12  # ENOMEM
+            return errno.ENOMEM
         self.log_blocks[block_id] = LogBlock()
         return self._append_block(command, block_id, payload, now_ms)
 
     def _append_block(self, command, block_id, payload, now_ms) -> int:
         block = self.log_blocks.get(block_id)
         if block is None:
-            return 2  # ENOENT
+            return errno.ENOENT
         for log_type, toc_id in crtp.log_block_ops_v2(payload):
             sent_as = log_type & 0x0F
             if sent_as not in crtp.LOG_TYPES or toc_id == crtp.Log.MEMORY_VARIABLE:
-                return 2  # raw memory is not served
+                return errno.ENOENT  # raw memory is not served
             if block.length() + struct.calcsize(crtp.LOG_TYPES[sent_as][0]) > crtp.Log.MAX_LEN:
-                return 7  # E2BIG
+                return errno.E2BIG
             if sum(len(b.ops) for b in self.log_blocks.values()) >= crtp.Log.MAX_OPS:
-                return 12
+                return errno.ENOMEM
             if not 0 <= toc_id < len(LOG_TOC):
-                return 2
+                return errno.ENOENT
             block.ops.append((toc_id, sent_as))
         return 0
 
@@ -555,7 +556,7 @@ class Firmware:
     def _start_block(self, command, block_id, payload, now_ms) -> int:
         block = self.log_blocks.get(block_id)
         if block is None:
-            return 2
+            return errno.ENOENT
         if command == crtp.Log.START_BLOCK:  # period in 10 ms units (legacy start)
             period = payload[0] * 10 if payload else 0
         else:
@@ -566,7 +567,7 @@ class Firmware:
     def _stop_block(self, command, block_id, payload, now_ms) -> int:
         block = self.log_blocks.get(block_id)
         if block is None:
-            return 2
+            return errno.ENOENT
         block.started = False
         return 0
 
@@ -594,7 +595,7 @@ class Firmware:
         known = index < len(PARAM_TOC)
         if p.channel == P.READ_CHANNEL:  # [id, status 0, value] or [id, ENOENT]
             if not known:
-                return [Packet(Port.PARAM, P.READ_CHANNEL, bytes(p.data[:2]) + bytes((2,)))]
+                return [Packet(Port.PARAM, P.READ_CHANNEL, bytes(p.data[:2]) + bytes((errno.ENOENT,)))]
             e = PARAM_TOC[index]
             return [Packet(Port.PARAM, P.READ_CHANNEL, bytes(p.data[:2]) + b"\0"
                            + crtp.pack_value(e.type_code, self.params[e.full_name], crtp.PARAM_TYPES))]
@@ -657,7 +658,7 @@ class Firmware:
         if not p.data:
             return []
         cmd = crtp.decode_high_level(p.data)
-        error = 8 if cmd is None else self._high_level_command(cmd, now_ms / 1000.0)  # ENOEXEC
+        error = errno.ENOEXEC if cmd is None else self._high_level_command(cmd, now_ms / 1000.0)
         return [crtp.high_level_reply(p.data, error)]
 
     def _in_group(self, mask: int) -> bool:
@@ -674,7 +675,7 @@ class Firmware:
                 self.planner.state = Planner.IDLE
             return 0
         if self.state not in CAN_FLY:
-            return 16  # EBUSY: crtpCommanderBlock while the supervisor does not let it fly
+            return errno.EBUSY  # crtpCommanderBlock while the supervisor does not let it fly
         if not self._in_group(cmd.group_mask):
             return 0
         if cmd.command in (H.TAKEOFF_2, H.LAND_2):
