@@ -163,6 +163,16 @@ def test_null_packet_is_answered_and_the_server_stops_cleanly():
         again.bind(("127.0.0.1", port))  # the port was released
 
 
+def test_a_fleet_file_gives_names_start_positions_and_ports():
+    with pytest.raises(ValueError, match="radio://"):
+        CrazyflieServer.from_fleet(Path(__file__).resolve().parents[1] / "config" / "crazyflies.yaml")
+    srv = CrazyflieServer.from_fleet(Path(__file__).resolve().parents[1] / "config" / "crazyflies.yaml", base_port=0)
+    assert srv.names == ["cf1", "cf2"]
+    assert srv.states()["cf2"]["position"][:2] == pytest.approx([1.0, 0.0])
+    udp = CrazyflieServer.from_fleet(Path(__file__).resolve().parents[1] / "config" / "crazyflies_udp.yaml")
+    assert udp.ports == [19850, 19851]  # not started: 19850 is left to snnctl sim crazyflie
+
+
 # --- log -----------------------------------------------------------------------------------------
 def test_a_100_hz_log_block_decodes_the_true_state():
     yaw = 0.7

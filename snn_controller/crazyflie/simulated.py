@@ -432,7 +432,6 @@ class Firmware:
                          "angular_velocity": np.zeros(3), "acceleration": np.zeros(3),
                          "specific_force": np.array([0.0, 0.0, 1.0])}
         self.motor_pwm = np.zeros(4)
-        self.log_values: dict[str, float] = {}
         for _ in range(2):  # booted: NotInitialized -> PreFlChecksNotPassed -> PreFlChecksPassed (at rest, level)
             self._supervisor_update(0)
 
@@ -573,12 +572,14 @@ class Firmware:
 
     def log_packets(self, now_ms: int) -> list[Packet]:
         """The data of every started block whose period has come, stamped ``now_ms``."""
+        due = [(block_id, block) for block_id, block in self.log_blocks.items()
+               if block.started and now_ms >= block.due_ms]
+        values = log_values(self) if due else {}
         out = []
-        for block_id, block in self.log_blocks.items():
-            if block.started and now_ms >= block.due_ms:
-                block.due_ms = max(block.due_ms + block.period_ms, now_ms + 1)  # a late tick does not burst
-                payload = b"".join(crtp.pack_value(t, self.log_values[LOG_TOC[k].full_name]) for k, t in block.ops)
-                out.append(crtp.log_data(block_id, now_ms, payload))
+        for block_id, block in due:
+            block.due_ms = max(block.due_ms + block.period_ms, now_ms + 1)  # a late tick does not burst
+            payload = b"".join(crtp.pack_value(t, values[LOG_TOC[k].full_name]) for k, t in block.ops)
+            out.append(crtp.log_data(block_id, now_ms, payload))
         return out
 
     def _param(self, p: Packet, now_ms: int) -> list[Packet]:
@@ -1100,7 +1101,6 @@ class SimulatedCrazyflies:
                            "acceleration": acceleration[i], "specific_force": specific_force[i]}
             fw.motor_pwm = pwm[i] if fw.motors_allowed() else np.zeros(4)
             fw.battery_tick(self.time_ms, self.dt)
-            fw.log_values = log_values(fw)
 
     def states(self) -> list[dict]:
         """Ground truth per drone: position, quaternion (w, x, y, z), velocity (world), angular
