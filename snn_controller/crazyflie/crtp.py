@@ -119,14 +119,13 @@ class Toc:
 LOG_TYPES = {1: ("B", "uint8_t"), 2: ("H", "uint16_t"), 3: ("I", "uint32_t"), 4: ("b", "int8_t"),
              5: ("h", "int16_t"), 6: ("i", "int32_t"), 7: ("f", "float"), 8: ("e", "FP16")}
 LOG_TYPE = {c_name: code for code, (_, c_name) in LOG_TYPES.items()}
-LOG_GROUP_START = 0x81  # LOG_GROUP | LOG_START, the group entries in the TOC CRC
+GROUP_START = 0x81  # LOG_GROUP | LOG_START = PARAM_GROUP | PARAM_START: a group's entry in the TOC CRC
 
 # param types (param.h: bytes | float << 2 | unsigned << 3): code -> (struct format, C name)
 PARAM_TYPES = {0x08: ("B", "uint8_t"), 0x09: ("H", "uint16_t"), 0x0A: ("I", "uint32_t"), 0x00: ("b", "int8_t"),
                0x01: ("h", "int16_t"), 0x02: ("i", "int32_t"), 0x06: ("f", "float")}
 PARAM_TYPE = {c_name: code for code, (_, c_name) in PARAM_TYPES.items()}
 PARAM_READ_ONLY = 0x40  # PARAM_RONLY
-PARAM_GROUP_START = 0x81  # PARAM_GROUP | PARAM_START
 
 
 @dataclass(frozen=True)
@@ -152,7 +151,7 @@ def toc_crc(entries: list[TocEntry]) -> int:
     for e in entries:
         if e.group != group:
             group = e.group
-            crc = zlib.crc32(struct.pack("<IB", crc, LOG_GROUP_START) + group.encode())
+            crc = zlib.crc32(struct.pack("<IB", crc, GROUP_START) + group.encode())
         crc = zlib.crc32(struct.pack("<IB", crc, e.type_code) + e.name.encode())
     return crc
 
@@ -218,8 +217,7 @@ def unpack_value(type_code: int, raw: bytes, table=PARAM_TYPES):
 
 # --- param read/write (param_logic.c) -----------------------------------------------------------
 class Param:
-    TOC_CHANNEL, READ_CHANNEL, WRITE_CHANNEL, MISC_CHANNEL = 0, 1, 2, 3
-    MISC_SET_BY_NAME, MISC_VALUE_UPDATED = 0, 1
+    TOC_CHANNEL, READ_CHANNEL, WRITE_CHANNEL, MISC_CHANNEL = 0, 1, 2, 3  # misc (set by name, ...): not served
     NOT_FOUND = 2  # PARAM_NOT_FOUND
 
 

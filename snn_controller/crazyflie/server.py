@@ -16,8 +16,9 @@ Replies go to the sender; log data goes to the address of the last non-null pack
 probes with single null packets from other sockets, answered but not followed). Loopback only.
 
 Threads: one I/O thread reads every socket and answers at once; one physics thread steps all drones
-(:class:`~.simulated.SimulatedCrazyflies`, torch with one thread) every 10 ms of wall time and sends
-the log blocks that are due. Simulated time is the firmware's clock (log timestamps, watchdogs,
+(:class:`~.simulated.SimulatedCrazyflies`) every 10 ms of wall time and sends the log blocks that are
+due. It sets ``torch.set_num_threads(1)``, which holds for the whole process (a batch of a few
+drones only loses by more threads). Simulated time is the firmware's clock (log timestamps, watchdogs,
 trajectories): when the machine cannot keep up, the simulation runs slower than real time rather
 than skipping physics. :meth:`stop` joins both threads and closes the sockets.
 """
@@ -32,6 +33,9 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import torch
+
+from ..sim.fleet import load_fleet
 from . import crtp
 from .simulated import TICK_MS, SimulatedCrazyflies
 
@@ -65,34 +69,36 @@ class CrazyflieServer:
             raise ValueError(f"{len(ports)} ports but {len(self.names)} names")
         self.sim = SimulatedCrazyflies(initial_positions, initial_yaws, drone=drone, require_arming=require_arming,
                                        integrator=integrator)
-        self._requested_ports = list(ports)
         self._lock = threading.Lock()  # the simulation and the client addresses
         self._sockets: list[socket.socket] = []
         self._clients: list[tuple | None] = [None] * len(ports)
         self._silent_until = [0.0] * len(ports)  # monotonic time until which drone i's link is down
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.ports: list[int] = []
+        self.ports = list(ports)  # as asked (0: any free port); after start() as bound
         self.behind_s = 0.0  # how far the simulation has fallen behind the wall clock in total [s]
         self.step_cpu_s = 0.0  # CPU time of the physics thread's steps [s]
 
     @classmethod
-    def from_fleet(cls, path: str | Path, **options) -> "CrazyflieServer":
-        """The enabled robots of a crazyflies.yaml whose uri is ``udp://127.0.0.1:<port>``, at their
-        initial positions and yaws."""
-        from ..sim.fleet import load_fleet
-
+    def from_fleet(cls, path: str | Path, base_port: int | None = None, drone: str | None = None,
+                   **options) -> "CrazyflieServer":
+        """The enabled robots of a crazyflies.yaml at their initial positions and yaws, each on the port
+        of its ``udp://127.0.0.1:<port>`` uri, or with ``base_port`` robot i on ``base_port + i`` (any
+        uri; 0: free ports). ``drone``: the drone model (default the file's ``all.drone``)."""
         fleet = load_fleet(str(path))
         robots = fleet.enabled_robots()
         ports = []
-        for name, robot in robots.items():
+        for i, (name, robot) in enumerate(robots.items()):
             uri = urlparse(robot.uri)
-            if uri.scheme != "udp" or uri.port is None or uri.hostname not in ("127.0.0.1", "localhost"):
-                raise ValueError(f"{path}: robots.{name}.uri must be udp://127.0.0.1:<port> to be simulated here, "
-                                 f"got {robot.uri!r}")
-            ports.append(uri.port)
+            if base_port is not None:
+                ports.append(0 if base_port == 0 else base_port + i)
+            elif uri.scheme == "udp" and uri.port is not None and uri.hostname in ("127.0.0.1", "localhost"):
+                ports.append(uri.port)
+            else:
+                raise ValueError(f"{path}: robots.{name}.uri must be udp://127.0.0.1:<port> to be simulated here "
+                                 f"(or give a base port), got {robot.uri!r}")
         return cls(ports=ports, initial_positions=[r.initial_position for r in robots.values()],
-                   initial_yaws=[r.initial_yaw for r in robots.values()], drone=fleet.all.drone,
+                   initial_yaws=[r.initial_yaw for r in robots.values()], drone=drone or fleet.all.drone,
                    names=list(robots), **options)
 
     @property
@@ -104,7 +110,7 @@ class CrazyflieServer:
         if self._threads:
             raise RuntimeError("the server is already running")
         try:
-            for port in self._requested_ports:
+            for port in self.ports:
                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 self._sockets.append(s)
                 s.bind((HOST, port))
@@ -199,9 +205,7 @@ class CrazyflieServer:
             log.debug("send to %s failed: %s", address, e)
 
     def _run_physics(self) -> None:
-        import torch
-
-        torch.set_num_threads(1)  # a 2 x 4 batch: threads only add overhead
+        torch.set_num_threads(1)
         period = TICK_MS / 1000.0
         next_tick = time.monotonic()
         while not self._stop.is_set():

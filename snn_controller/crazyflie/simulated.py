@@ -57,13 +57,24 @@ r = -yawrate [deg/s]: a positive cflib yaw rate turns clockwise seen from above.
 
 from __future__ import annotations
 
+import errno
 import math
 import struct
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
 import numpy as np
+import torch
 
+from ..control.pid import PIDController, load_pid_gains
+from ..sim.batched_engine import GROUND_CLEARANCE, BatchedEngine
+from ..sim.drone import load_drone
+from ..sim.firmware import RateControlledEngine
+from ..sim.fleet import RobotConfig, initial_state
+from ..sim.rotations import quat_to_matrix
+from ..sim.supervisor import CrashLimits, crash_reasons
+from ..task.ctbr import CtbrScaling
+from ..task.observation import OBS_DIM, Observation, assemble
 from . import crtp
 from .crtp import Packet, Port
 
@@ -78,7 +89,7 @@ PREFLIGHT_TIMEOUT_MS, LANDING_TIMEOUT_MS, SPINUP_TIMEOUT_MS = 30000, 3000, 2000
 TUMBLE_TILT_ACC_Z, TUMBLE_TILT_MS = 0.5, 1000  # SUPERVISOR_TUMBLE_CHECK_ACCEPTED_TILT_*
 TUMBLE_UPSIDE_DOWN_ACC_Z, TUMBLE_UPSIDE_DOWN_MS = -0.2, 100
 FREE_FALL_G = 0.1
-IDLE_THRUST_ARMED = 7000  # CONFIG_MOTORS_DEFAULT_IDLE_THRUST: above it a motor counts as flying
+IDLE_THRUST_ARMED = 7000  # PWM, CONFIG_MOTORS_DEFAULT_IDLE_THRUST: armed motors idle here; above it a motor is flying
 ATTITUDE_KP, ATTITUDE_KI, ATTITUDE_ILIMIT = 6.0, 3.0, 20.0  # PID_ROLL_* = PID_PITCH_* (kd 0)
 BATTERY_FULL = 4.15  # V, a charged LiPo at rest
 BATTERY_DRAIN = 0.004  # V/s at full PWM: ~1 V in 7 min of hover (PWM ratio 0.66), an assumption
@@ -401,7 +412,6 @@ class Firmware:
         # high-level commander: the last known setpoint (pos, vel, yaw) plans start from
         self.planner = Planner()
         self.hl_position, self.hl_velocity, self.hl_yaw = np.zeros(3), np.zeros(3), 0.0
-        self.hl_blocked = True
         # supervisor
         self.state = State.NOT_INITIALIZED
         self.armed = self.crashed = self.tumbled = False
@@ -422,7 +432,6 @@ class Firmware:
                          "angular_velocity": np.zeros(3), "acceleration": np.zeros(3),
                          "specific_force": np.array([0.0, 0.0, 1.0])}
         self.motor_pwm = np.zeros(4)
-        self.log_values: dict[str, float] = {}
         for _ in range(2):  # booted: NotInitialized -> PreFlChecksNotPassed -> PreFlChecksPassed (at rest, level)
             self._supervisor_update(0)
 
@@ -512,31 +521,31 @@ class Firmware:
         error = {L.CREATE_BLOCK_V2: self._create_block, L.APPEND_BLOCK_V2: self._append_block,
                  L.DELETE_BLOCK: self._delete_block, L.START_BLOCK: self._start_block,
                  L.START_BLOCK_V2: self._start_block, L.STOP_BLOCK: self._stop_block}.get(command)
-        code = error(command, block_id, p.data[2:], now_ms) if error else 8  # ENOEXEC
+        code = error(command, block_id, p.data[2:], now_ms) if error else errno.ENOEXEC
         return [crtp.log_control_reply(command, block_id, code)]
 
     def _create_block(self, command, block_id, payload, now_ms) -> int:
         if block_id in self.log_blocks:
-            return 17  # EEXIST
+            return errno.EEXIST
         if len(self.log_blocks) >= crtp.Log.MAX_BLOCKS:
-            return 12  # ENOMEM
+            return errno.ENOMEM
         self.log_blocks[block_id] = LogBlock()
         return self._append_block(command, block_id, payload, now_ms)
 
     def _append_block(self, command, block_id, payload, now_ms) -> int:
         block = self.log_blocks.get(block_id)
         if block is None:
-            return 2  # ENOENT
+            return errno.ENOENT
         for log_type, toc_id in crtp.log_block_ops_v2(payload):
             sent_as = log_type & 0x0F
             if sent_as not in crtp.LOG_TYPES or toc_id == crtp.Log.MEMORY_VARIABLE:
-                return 2  # raw memory is not served
+                return errno.ENOENT  # raw memory is not served
             if block.length() + struct.calcsize(crtp.LOG_TYPES[sent_as][0]) > crtp.Log.MAX_LEN:
-                return 7  # E2BIG
+                return errno.E2BIG
             if sum(len(b.ops) for b in self.log_blocks.values()) >= crtp.Log.MAX_OPS:
-                return 12
+                return errno.ENOMEM
             if not 0 <= toc_id < len(LOG_TOC):
-                return 2
+                return errno.ENOENT
             block.ops.append((toc_id, sent_as))
         return 0
 
@@ -546,7 +555,7 @@ class Firmware:
     def _start_block(self, command, block_id, payload, now_ms) -> int:
         block = self.log_blocks.get(block_id)
         if block is None:
-            return 2
+            return errno.ENOENT
         if command == crtp.Log.START_BLOCK:  # period in 10 ms units (legacy start)
             period = payload[0] * 10 if payload else 0
         else:
@@ -557,18 +566,20 @@ class Firmware:
     def _stop_block(self, command, block_id, payload, now_ms) -> int:
         block = self.log_blocks.get(block_id)
         if block is None:
-            return 2
+            return errno.ENOENT
         block.started = False
         return 0
 
     def log_packets(self, now_ms: int) -> list[Packet]:
         """The data of every started block whose period has come, stamped ``now_ms``."""
+        due = [(block_id, block) for block_id, block in self.log_blocks.items()
+               if block.started and now_ms >= block.due_ms]
+        values = log_values(self) if due else {}
         out = []
-        for block_id, block in self.log_blocks.items():
-            if block.started and now_ms >= block.due_ms:
-                block.due_ms = max(block.due_ms + block.period_ms, now_ms + 1)  # a late tick does not burst
-                payload = b"".join(crtp.pack_value(t, self.log_values[LOG_TOC[k].full_name]) for k, t in block.ops)
-                out.append(crtp.log_data(block_id, now_ms, payload))
+        for block_id, block in due:
+            block.due_ms = max(block.due_ms + block.period_ms, now_ms + 1)  # a late tick does not burst
+            payload = b"".join(crtp.pack_value(t, values[LOG_TOC[k].full_name]) for k, t in block.ops)
+            out.append(crtp.log_data(block_id, now_ms, payload))
         return out
 
     def _param(self, p: Packet, now_ms: int) -> list[Packet]:
@@ -585,7 +596,7 @@ class Firmware:
         known = index < len(PARAM_TOC)
         if p.channel == P.READ_CHANNEL:  # [id, status 0, value] or [id, ENOENT]
             if not known:
-                return [Packet(Port.PARAM, P.READ_CHANNEL, bytes(p.data[:2]) + bytes((2,)))]
+                return [Packet(Port.PARAM, P.READ_CHANNEL, bytes(p.data[:2]) + bytes((errno.ENOENT,)))]
             e = PARAM_TOC[index]
             return [Packet(Port.PARAM, P.READ_CHANNEL, bytes(p.data[:2]) + b"\0"
                            + crtp.pack_value(e.type_code, self.params[e.full_name], crtp.PARAM_TYPES))]
@@ -648,7 +659,7 @@ class Firmware:
         if not p.data:
             return []
         cmd = crtp.decode_high_level(p.data)
-        error = 8 if cmd is None else self._high_level_command(cmd, now_ms / 1000.0)  # ENOEXEC
+        error = errno.ENOEXEC if cmd is None else self._high_level_command(cmd, now_ms / 1000.0)
         return [crtp.high_level_reply(p.data, error)]
 
     def _in_group(self, mask: int) -> bool:
@@ -664,8 +675,8 @@ class Firmware:
             if self._in_group(cmd.group_mask):
                 self.planner.state = Planner.IDLE
             return 0
-        if self.hl_blocked:
-            return 16  # EBUSY: crtpCommanderBlock while the supervisor does not let it fly
+        if self.state not in CAN_FLY:
+            return errno.EBUSY  # crtpCommanderBlock while the supervisor does not let it fly
         if not self._in_group(cmd.group_mask):
             return 0
         if cmd.command in (H.TAKEOFF_2, H.LAND_2):
@@ -731,14 +742,15 @@ class Firmware:
     # --- one stabilizer tick ------------------------------------------------------------------
     def setpoint_for_tick(self, now_ms: int) -> Setpoint:
         """The setpoint the controller flies this tick (``stabilizerTask`` up to the controller)."""
-        can_fly = self.state in CAN_FLY
-        self.hl_blocked = not can_fly
-        if can_fly:
-            self._high_level_tick(now_ms)
-        setpoint = self.setpoint if can_fly else NULL_SETPOINT
+        # The supervisor first (the firmware updates it after the high-level setpoint, 1 ms before the
+        # next one): a command that arrives after its state changed sees the new state, and the
+        # planner starts from the estimate of this tick.
         if now_ms % SUPERVISOR_PERIOD_MS == 0:
             self._supervisor_update(now_ms)
-        return self._override(setpoint)
+        can_fly = self.state in CAN_FLY
+        if can_fly:
+            self._high_level_tick(now_ms)
+        return self._override(self.setpoint if can_fly else NULL_SETPOINT)
 
     def _high_level_tick(self, now_ms: int) -> None:
         """crtpCommanderHighLevelGetSetpoint at priority 1: a trajectory point, or motors off when idle."""
@@ -919,15 +931,6 @@ class SimulatedCrazyflies:
 
     def __init__(self, initial_positions, initial_yaws=None, drone: str = "cf21", require_arming: bool = True,
                  integrator: str = "euler"):
-        import torch
-
-        from ..control.pid import PIDController
-        from ..sim.batched_engine import BatchedEngine
-        from ..sim.drone import load_drone
-        from ..sim.firmware import RateControlledEngine
-        from ..sim.fleet import RobotConfig
-        from ..task.ctbr import CtbrScaling
-
         positions = np.asarray(initial_positions, dtype=np.float64).reshape(-1, 3)
         n = len(positions)
         if n < 1:
@@ -940,22 +943,28 @@ class SimulatedCrazyflies:
             lambda dt: BatchedEngine(self.model, n, dt=dt, dtype=torch.float64, ground=True, integrator=integrator),
             dt=self.dt)
         self.scaling = CtbrScaling()
-        self.position_controller = PIDController(self.model, n, dt=self.dt, ctbr=self.scaling)
+        # the estimate is the true state: the gains' observer (it filters observation noise) is bypassed
+        gains = replace(load_pid_gains(), observer_position_gain=1.0, observer_velocity_gain=1.0, observer_cross_gain=0.0)
+        self.position_controller = PIDController(self.model, n, dt=self.dt, gains=gains, ctbr=self.scaling)
         self.firmwares = [Firmware(require_arming, device_name=self.model.name.upper()) for _ in range(n)]
         self.time_ms = 0
         self.attitude_integral = np.zeros((n, 2))  # roll, pitch [deg s]
         self.position_active = np.zeros(n, dtype=bool)
         self.yaw_target = np.zeros(n)  # rad: the position path's heading under a yaw-rate setpoint
+        self.crash_reason = [""] * n  # the sim's crash rules (sim/supervisor.py) fired: see _observe
+        self.axis_mode = np.zeros((n, 3), dtype=int)  # x, y, z mode of the last tick
+        self.carrot = np.zeros((n, 3))  # m: the moving target of the axes in velocity mode
         self._reset_physics(list(range(n)))
 
     def _reset_physics(self, index: list[int]) -> None:
-        from ..sim.fleet import initial_state
-
         state = initial_state([self.robots[i] for i in index])
         self.engine.reset(state, None if len(index) == self.n else index)
         self.position_controller.reset(np.isin(np.arange(self.n), index))
         self.attitude_integral[index] = 0.0
         self.position_active[index] = False
+        self.axis_mode[index] = MODE_DISABLE
+        for i in index:
+            self.crash_reason[i] = ""
         self._velocity = self.engine.state.as_numpy()["velocity"]
         self._observe(np.zeros((self.n, 3)))
 
@@ -978,8 +987,6 @@ class SimulatedCrazyflies:
     def step(self) -> None:
         """One stabilizer tick: every firmware picks its setpoint, the controllers and 5 rate-loop
         ticks of physics run, the estimates and log values are updated; 10 ms later."""
-        import torch
-
         setpoints = [fw.setpoint_for_tick(self.time_ms) for fw in self.firmwares]
         ctbr = self._control(setpoints)
         previous_velocity = self._velocity
@@ -989,9 +996,6 @@ class SimulatedCrazyflies:
 
     def _control(self, setpoints: list[Setpoint]) -> np.ndarray:
         """The CTBR setpoint (N, 4) [thrust PWM ratio, p, q, r (rad/s)] for the rate loop."""
-        from ..sim.rotations import quat_to_matrix
-        from ..task.observation import OBS_DIM, Observation, assemble
-
         s = self.engine.state.as_numpy()
         pos, vel, quat, omega = s["position"], s["velocity"], s["quaternion"], s["angular_velocity"]
         rot = quat_to_matrix(quat)
@@ -1007,10 +1011,15 @@ class SimulatedCrazyflies:
                 c, si = math.cos(yaw), math.sin(yaw)
                 wanted[:2] = (c * wanted[0] - si * wanted[1], si * wanted[0] + c * wanted[1])
             for k, mode in enumerate((sp.mode_x, sp.mode_y, sp.mode_z)):
-                if mode == MODE_ABS:
+                if mode == MODE_VELOCITY:  # a target moving at the wanted velocity, from where the mode began
+                    previous = self.carrot[i, k] if self.axis_mode[i, k] == MODE_VELOCITY else pos[i, k]
+                    self.carrot[i, k] = previous + wanted[k] * self.dt
+                    position_error[i, k] = pos[i, k] - self.carrot[i, k]
+                elif mode == MODE_ABS:
                     position_error[i, k] = pos[i, k] - sp.position[k]
                 if mode != MODE_DISABLE:
                     target_velocity[i, k] = wanted[k]
+                self.axis_mode[i, k] = mode
             if sp.mode_yaw == MODE_ABS:
                 self.yaw_target[i] = math.radians(sp.attitude[2])
             elif sp.mode_yaw == MODE_VELOCITY and self.position_active[i]:
@@ -1024,7 +1033,7 @@ class SimulatedCrazyflies:
         observation = Observation(actor=assemble(np.zeros((n, OBS_DIM)), position_error, rot, vel, omega),
                                   target_yaw=target_yaw)
         u = self.position_controller(observation, target_velocity=target_velocity)
-        from_position = u * np.array(self.scaling.scale) + np.array(self.scaling.offset)
+        from_position = self.scaling.setpoint(u)
 
         ctbr = np.zeros((n, 4))
         controller = self.engine.controller
@@ -1054,17 +1063,24 @@ class SimulatedCrazyflies:
             ctbr[i] = (thrust, math.radians(rates[0]), -math.radians(rates[1]), math.radians(yaw_rate))
         allowed = np.array([fw.motors_allowed() for fw in self.firmwares])
         ctbr[~allowed, 0] = 0.0  # supervisorAreMotorsAllowedToRun, else motorsStop
+        idle = IDLE_THRUST_ARMED if self.require_arming else 0.0  # powerDistributionGetIdleThrust
+        controller.idle_thrust = torch.as_tensor(np.where(allowed, idle, 0.0), dtype=controller.dtype)
         return ctbr
 
     def _observe(self, previous_velocity: np.ndarray) -> None:
-        """The estimate of every firmware from the true state; runaway drones are put down."""
-        from ..sim.fleet import initial_state
-        from ..sim.rotations import quat_to_matrix
-        from ..sim.supervisor import CrashLimits, crash_reasons
+        """The estimate of every firmware from the true state; runaway drones are put down.
 
+        The batched engine's ground levels a drone on contact, so it never lies tipped over. A drone
+        that crashed by the project's crash rules (a hard or tilted ground contact, tilting past 90
+        degrees: ``sim/supervisor.py``) is taken to lie on its side from then on until :meth:`reset`
+        (picked up): its accelerometer reads 1 g along body x, and the firmware's tumble check finds it."""
         s = self.engine.state.as_numpy()
-        _, runaway = crash_reasons(previous_velocity, s["position"], s["velocity"], s["quaternion"],
-                                   np.zeros(self.n, dtype=bool), CrashLimits())
+        on_ground = s["position"][:, 2] <= GROUND_CLEARANCE + 1e-4
+        reasons, runaway = crash_reasons(previous_velocity, s["position"], s["velocity"], s["quaternion"], on_ground,
+                                         CrashLimits())
+        for i, reason in enumerate(reasons):
+            if reason and not self.crash_reason[i]:
+                self.crash_reason[i] = reason
         if runaway.any():  # never report a non-finite or runaway state: rest on the ground, crashed
             index = list(np.flatnonzero(runaway))
             self.engine.reset(initial_state([self.robots[i] for i in index]), index)
@@ -1076,6 +1092,7 @@ class SimulatedCrazyflies:
         rot = quat_to_matrix(s["quaternion"])
         gravity = np.array([0.0, 0.0, self.model.gravity])
         specific_force = np.einsum("nji,nj->ni", rot, acceleration + gravity) / self.model.gravity
+        specific_force[[bool(r) for r in self.crash_reason]] = (1.0, 0.0, 0.0)  # lying on its side
         pwm = self.engine.last_pwm.numpy()
         self._velocity = s["velocity"]
         for i, fw in enumerate(self.firmwares):
@@ -1084,7 +1101,6 @@ class SimulatedCrazyflies:
                            "acceleration": acceleration[i], "specific_force": specific_force[i]}
             fw.motor_pwm = pwm[i] if fw.motors_allowed() else np.zeros(4)
             fw.battery_tick(self.time_ms, self.dt)
-            fw.log_values = log_values(fw)
 
     def states(self) -> list[dict]:
         """Ground truth per drone: position, quaternion (w, x, y, z), velocity (world), angular
@@ -1098,5 +1114,5 @@ class SimulatedCrazyflies:
                        | {"motor_pwm": fw.motor_pwm.copy(), "supervisor": fw.state.name, "armed": fw.armed,
                           "locked": fw.state == State.LOCKED, "crashed": fw.crashed, "vbat": fw.vbat,
                           "pm_state": fw.pm_state, "extpos": fw.extpos.copy(), "extpos_count": fw.extpos_count,
-                          "time": self.time_ms / 1000.0})
+                          "crash_reason": self.crash_reason[i], "time": self.time_ms / 1000.0})
         return out

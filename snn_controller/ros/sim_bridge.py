@@ -38,10 +38,19 @@ is never published (the drone is held at rest on the ground, crashed). Each cras
 Topic names: topics.py. The fleet (names, initial poses, the drone model ``all.drone``) is the
 crazyflies file; parameter ``drone`` ('' by default) overrides its drone model.
 
+CRTP (``crtp:=true``, docs/crtp_sim.md): the drones are simulated Crazyflies served on cflib's
+udp:// link by :class:`~snn_controller.crazyflie.server.CrazyflieServer` instead: drone i on
+udp://127.0.0.1:``crtp_base_port`` + i, or with ``crtp_base_port`` 0 (default) on the port of its
+``udp://127.0.0.1:PORT`` uri in the fleet file (default: config/crazyflies_udp.yaml). Commands come over CRTP
+(cflib, crazyflie_bridge), not over these topics; the node publishes each drone's ground truth as
+/sim/<name>/odom and /sim/<name>/pose (so that a bridge can publish /<name>/odom from the drone's
+own estimate without a clash) and /clock, at ``rate``, stamped with the drones' simulated time.
+Only ``crazyflies``, ``drone``, ``rate`` and ``frame_id`` apply then; the mode is realtime.
+
 Parameters (declared at the top of SimBridge, with their defaults and units): crazyflies, drone,
 mode, rate, command_timeout, command_delay, command_age_warn, lockstep_resend, lockstep_timeout,
 real_time_factor (lockstep at most this fast against the wall clock; 0: no cap), crash_landing_speed, crash_contact_tilt_deg, crash_tilt_deg, runaway_distance, runaway_speed,
-substeps, gui, ground_effect, drag, frame_id.
+substeps, gui, ground_effect, drag, frame_id, crtp, crtp_base_port.
 """
 
 from __future__ import annotations
@@ -57,18 +66,24 @@ from sensor_msgs.msg import Imu, JointState
 from std_msgs.msg import Float32MultiArray
 from std_srvs.srv import Trigger
 
+from ..config import package_root
 from ..sim.drone import load_drone
 from ..sim.fleet import CrashLimits, FleetSimulator, load_fleet
 from ..sim.pybullet_engine import SUBSTEPS
+from ..sim.rotations import quat_to_matrix
 from ..io import topics
 from . import qos
 from .conversions import imu_msg, motor_state_msg, odometry_msg, pose_msg, stamp_ns, time_from_ns
 from .node_main import run
 
 MODES = ("realtime", "lockstep", "fast")
+TRUTH_PREFIX = "/sim"  # crtp:=true: the ground truth of drone <name> on /sim/<name>/odom and /sim/<name>/pose
 
 
 class SimBridge(Node):
+    sim: FleetSimulator | None = None
+    server = None  # crtp:=true: the CrazyflieServer
+
     def __init__(self):
         super().__init__("sim_bridge")
         self.declare_parameter("crazyflies", "")  # path to crazyflies.yaml; '' = the package's
@@ -91,11 +106,16 @@ class SimBridge(Node):
         self.declare_parameter("ground_effect", False)
         self.declare_parameter("drag", False)
         self.declare_parameter("frame_id", "world")
+        self.declare_parameter("crtp", False)  # simulated Crazyflies on udp:// instead (module docstring)
+        self.declare_parameter("crtp_base_port", 0)  # crtp: drone i on this port + i; 0: the fleet file's udp:// uris
         p = {name: self.get_parameter(name).value for name in (
             "crazyflies", "drone", "mode", "rate", "command_timeout", "command_delay", "command_age_warn",
             "lockstep_resend", "lockstep_timeout", "real_time_factor", "crash_landing_speed", "crash_contact_tilt_deg",
             "crash_tilt_deg", "runaway_distance", "runaway_speed", "substeps", "gui", "ground_effect", "drag",
-            "frame_id")}
+            "frame_id", "crtp", "crtp_base_port")}
+        if p["crtp"]:
+            self.serve_crtp(p)
+            return
         if p["mode"] not in MODES:
             raise ValueError(f"parameter mode must be one of {MODES}, got {p['mode']!r}")
         if p["rate"] <= 0:
@@ -261,8 +281,45 @@ class SimBridge(Node):
         for name, i in self.sim.index.items():
             self.motor_state_pubs[name].publish(motor_state_msg(stamp, flown.rotor_speed[i], flown.command[i]))
 
+    # --- crtp:=true --------------------------------------------------------------------------
+    def serve_crtp(self, p: dict) -> None:
+        """Serve the fleet as simulated Crazyflies on udp:// and publish their ground truth."""
+        from ..crazyflie.server import CrazyflieServer
+
+        if p["mode"] != "realtime":
+            raise ValueError(f"crtp:=true runs in real time (the drones keep their own clock), got mode {p['mode']!r}")
+        if p["rate"] <= 0:
+            raise ValueError(f"parameter rate must be > 0, got {p['rate']}")
+        path = p["crazyflies"] or str(package_root() / "config" / "crazyflies_udp.yaml")
+        self.server = CrazyflieServer.from_fleet(path, base_port=p["crtp_base_port"] or None,
+                                                 drone=p["drone"] or None).start()
+        self.frame_id = p["frame_id"]
+        self.clock_pub = self.create_publisher(Clock, "/clock", qos.CLOCK)
+        self.truth_pubs = {name: (self.create_publisher(Odometry, f"{TRUTH_PREFIX}/{name}/{topics.ODOM}", qos.STATE),
+                                  self.create_publisher(PoseStamped, f"{TRUTH_PREFIX}/{name}/{topics.POSE}", qos.STATE))
+                           for name in self.server.names}
+        self.create_timer(1.0 / p["rate"], self.publish_truth)
+        self.get_logger().info("serving simulated Crazyflies on CRTP: " + ", ".join(
+            f"{name} {uri}" for name, uri in zip(self.server.names, self.server.uris))
+            + f"; ground truth on {TRUTH_PREFIX}/<name>/{topics.ODOM}")
+
+    def publish_truth(self) -> None:
+        states = self.server.states()
+        stamp = time_from_ns(round(next(iter(states.values()))["time"] * 1e9))
+        self.clock_pub.publish(Clock(clock=stamp))
+        for name, s in states.items():
+            rot = quat_to_matrix(s["quaternion"])
+            out = {"position": s["position"], "quaternion": s["quaternion"], "velocity_body": rot.T @ s["velocity"],
+                   "angular_velocity_body": s["angular_velocity"]}
+            odom, pose = self.truth_pubs[name]
+            odom.publish(odometry_msg(out, stamp, self.frame_id, name))
+            pose.publish(pose_msg(out, stamp, self.frame_id))
+
     def destroy_node(self):
-        self.sim.close()
+        if self.server is not None:
+            self.server.stop()
+        if self.sim is not None:
+            self.sim.close()
         super().destroy_node()
 
 

@@ -121,6 +121,9 @@ class RateController:
         self.yaw_previous = torch.zeros(n, dtype=dtype)
         self.yaw_setpoint = torch.zeros(n, dtype=dtype)
         self.fresh = torch.ones(n, dtype=torch.bool)
+        # PWM floor of powerDistributionCap per drone: CONFIG_MOTORS_DEFAULT_IDLE_THRUST on a firmware that
+        # requires arming, while the motors may run (set by the caller); 0 otherwise (the default)
+        self.idle_thrust = torch.zeros(n, dtype=dtype)
 
     def reset(self, mask=None) -> None:
         """Reinitialise all drones, or those selected by ``mask`` (bool mask or indices), on their next tick."""
@@ -191,7 +194,7 @@ class RateController:
         motors = torch.where(off[:, None], thrust[:, None].expand(-1, 4), torch.trunc(motors))
         # powerDistributionCap
         reduction = (motors.max(-1, keepdim=True).values - PWM_MAX).clamp(min=0)
-        return (motors - reduction).clamp(min=0)
+        return torch.maximum(motors - reduction, self.idle_thrust[:, None])  # capMinThrust
 
     def motor_commands(self, setpoint: torch.Tensor, body_rates: torch.Tensor, quaternion: torch.Tensor) -> torch.Tensor:
         """One tick as motor commands (N, 4) in [-1, 1]: a = 2 PWM / 65535 - 1 (PWM ratio = w_cmd)."""
