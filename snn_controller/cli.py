@@ -500,6 +500,25 @@ def cmd_import_nir(args) -> int:
     return 0
 
 
+# --- real drones -------------------------------------------------------------------------------
+def cmd_crazyflie(args) -> int:
+    """A request to a running crazyflie_bridge (docs/real_flight.md), or its status per drone."""
+    from .ros import bridge_client
+
+    if args.request == "status":
+        found = bridge_client.status(timeout=args.timeout)
+        if not found:
+            raise ValueError(f"no crazyflie_bridge status on /diagnostics within {args.timeout} s: is it running "
+                             "(same ROS_DOMAIN_ID)?")
+        keys = ("mode", "link", "vbat", "link_quality", "state_age_ms", "command_age_ms", "rejected")
+        _emit(args, found, "\n".join(f"{name}: " + ", ".join(f"{k} {v.get(k)}" for k in keys) + f" ({v['message']})"
+                                     for name, v in found.items()))
+        return 0
+    ok, message = bridge_client.call(args.request, args.drone, timeout=args.timeout)
+    _emit(args, {"success": ok, "message": message}, message)
+    return 0 if ok else 1
+
+
 # --- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snnctl", description=__doc__.splitlines()[0])
@@ -635,6 +654,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(sub, "import-nir", cmd_import_nir, "write the model file of a NIR graph that `snnctl export` wrote")
     p.add_argument("file", help="NIR file (.nir, HDF5)")
     p.add_argument("--out", required=True, help="model file to write (.safetensors)")
+
+    p = add(sub, "crazyflie", cmd_crazyflie, "ask a running crazyflie_bridge to arm, disarm, take off, land, "
+            "go_to (the drone's goal_pose) or stop the motors (emergency_stop), or print its status")
+    p.add_argument("request", choices=["arm", "disarm", "takeoff", "land", "go_to", "emergency_stop", "status"])
+    p.add_argument("--drone", default=None, help="one drone of the fleet (default: every drone)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the bridge")
 
     p = add(sub, "launch", cmd_launch, "run a ROS 2 YAML launch file (no ros2 launch needed)")
     p.add_argument("file", help="launch file name in launch/ or a path")

@@ -293,6 +293,14 @@ def test_low_battery_emergency_lost_link_and_a_killed_controller(server, probe, 
 
 
 # --- the launch file -------------------------------------------------------------------------------
+def snnctl(processes, *args):
+    """``snnctl ... --json`` in the test's ROS domain: its JSON answer."""
+    out = subprocess.run([sys.executable, "-m", "snn_controller.cli", *args], env=processes.env, capture_output=True,
+                         text=True, timeout=WAIT)
+    assert out.returncode in (0, 1), out
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def test_real_flight_launch_flies_a_mission_and_lands(server, probe, processes, tmp_path):
     """snnctl launch real_flight.launch.yaml against the simulated drones: the bridge, the CTBR PID, the
     mission and the recorder, all from the launch file. The mission starts when the drones are armed
@@ -311,7 +319,9 @@ def test_real_flight_launch_flies_a_mission_and_lands(server, probe, processes, 
         env=processes.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         connected(probe)
-        assert probe.call("/crazyflie_bridge/arm", SetBool.Request(data=True)).success
+        status = snnctl(processes, "crazyflie", "status", "--json")  # the operator's view, no ros2 CLI needed
+        assert {n: status[n]["mode"] for n in HOMES} == {"cf1": "disarmed", "cf2": "disarmed"}, status
+        assert snnctl(processes, "crazyflie", "arm", "--json")["success"]
         probe.wait(lambda: all(probe.truth(n)["position"][2] > 0.4 for n in HOMES), "the mission took off")
         probe.wait(lambda: all(probe.near(n, np.add(HOMES[n], (0.3, 0.0, 0.5)), 0.1) for n in HOMES),
                    "the mission's waypoint")
@@ -322,7 +332,8 @@ def test_real_flight_launch_flies_a_mission_and_lands(server, probe, processes, 
         assert all(probe.truth(n)["position"][2] < 0.03 and abs(probe.truth(n)["velocity"][2]) < 0.05
                    for n in HOMES), "the mission landed"
         assert all(probe.mode(n) == "flying" for n in HOMES), "the controller flew the whole mission"
-        assert probe.call("/crazyflie_bridge/arm", SetBool.Request(data=False)).success
+        assert snnctl(processes, "crazyflie", "disarm", "--drone", "cf1", "--json")["success"]
+        assert probe.call("/crazyflie_bridge/arm", SetBool.Request(data=False)).success  # (cf1: not armed any more)
         probe.wait(lambda: all(probe.motors_off(n) and probe.mode(n) == "disarmed" for n in HOMES), "disarmed")
     finally:
         os.killpg(launch.pid, signal.SIGINT)
