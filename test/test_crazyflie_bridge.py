@@ -187,8 +187,7 @@ def test_nothing_spins_before_arm_then_the_controller_and_the_high_level_command
     probe.goal("cf1", (0.3, -0.2, 0.8))
     probe.wait(lambda: probe.near("cf1", (0.3, -0.2, 0.8), 0.05), "cf1 at its second goal")
 
-    reply = probe.call("/cf2/takeoff")
-    assert reply.success, reply.message
+    probe.wait(lambda: probe.call("/cf2/takeoff").success, "cf2's take-off accepted (once its supervisor lets it fly)")
     probe.wait(lambda: probe.near("cf2", (0.0, 1.0, 0.5), 0.05), "cf2 took off to 0.5 m")
     probe.goal("cf2", (0.4, 1.2, 0.7))
     probe.wait(lambda: probe.call("/cf2/go_to").success, "cf2's go_to accepted once the take-off is done")
@@ -290,6 +289,21 @@ def test_low_battery_emergency_lost_link_and_a_killed_controller(server, probe, 
     fastest = fastest[-1]
     assert probe.truth("cf1")["position"][2] < 0.05 and fastest < 1.0, f"landed, not fell (down at {fastest} m/s)"
     assert [k for k in ("no valid command", "hover", "landed") if not any(k in e for e in probe.events["cf1"])] == []
+
+
+def test_stopping_the_bridge_lands_the_drone_first(server, probe, processes, tmp_path):
+    """SIGINT to the bridge with cf1 in the air: it lands cf1, stops its motors, then exits cleanly."""
+    bridge = start_bridge(processes, write_fleet(tmp_path / "fleet.yaml", server, ["cf1"]),
+                          write_config(tmp_path / "bridge.yaml"))
+    connected(probe, ["cf1"])
+    assert probe.arm("cf1").success
+    probe.wait(lambda: probe.call("/cf1/takeoff").success, "cf1's take-off accepted once its arming is confirmed")
+    probe.wait(lambda: probe.near("cf1", (0.0, 0.0, 0.5), 0.05), "cf1 took off")
+    os.killpg(bridge.pid, signal.SIGINT)
+    probe.wait(lambda: bridge.poll() is not None, "the bridge exited")
+    assert bridge.returncode == 0, processes.logs()
+    truth = probe.truth("cf1")
+    assert truth["position"][2] < 0.05 and not truth["motor_pwm"].any() and not truth["locked"], truth
 
 
 # --- the launch file -------------------------------------------------------------------------------

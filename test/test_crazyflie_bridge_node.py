@@ -63,7 +63,7 @@ class FakeLink:
             "position": np.array(position, float), "quaternion": q, "velocity_world": np.array([1.0, 0, 0]),
             "velocity_body": np.array([math.cos(yaw), -math.sin(yaw), 0]),
             "angular_velocity_body": np.array([0.1, 0.2, 0.3])}))
-        self.on_battery(vbat, 0, 2)  # supervisor.info: armed
+        self.on_battery(vbat, 0, 0x0a)  # supervisor.info: armed, can fly
 
 
 @pytest.fixture

@@ -346,7 +346,7 @@ def test_the_packaged_config_loads_and_errors_name_the_file_and_key(tmp_path):
 
 
 def test_the_drone_s_supervisor_locked_or_crashed_is_an_emergency_and_its_own_disarm_is_followed():
-    from snn_controller.crazyflie.safety import INFO_ARMED, INFO_CRASHED, INFO_LOCKED
+    from snn_controller.crazyflie.safety import INFO_ARMED, INFO_CAN_FLY, INFO_CRASHED, INFO_LOCKED
 
     for info in (INFO_LOCKED, INFO_CRASHED):
         d = Drone()
@@ -358,7 +358,30 @@ def test_the_drone_s_supervisor_locked_or_crashed_is_an_emergency_and_its_own_di
     d.safety.arm(d.t, True)
     d.safety.supervisor(d.t, 0)  # not armed yet: the request is on its way
     assert d.safety.mode == Mode.ARMED
+    assert not d.safety.takeoff(d.t).ok, "the firmware refuses a take-off before it is armed"
     d.safety.supervisor(d.t, INFO_ARMED)
     d.safety.supervisor(d.t, 0)  # then the firmware's preflight timeout disarmed it
     assert d.safety.mode == Mode.DISARMED and "disarmed itself" in d.safety.reason
     assert d.safety.status(d.t)["supervisor_info"] == "0x0000"
+    d = Drone()
+    d.safety.arm(d.t, True)
+    d.safety.supervisor(d.t, INFO_ARMED)  # the supervisor's arming state: its planner still refuses
+    assert not d.safety.takeoff(d.t).ok
+    d.safety.supervisor(d.t, INFO_ARMED | INFO_CAN_FLY)
+    assert d.safety.takeoff(d.t).ok
+    d.safety.supervisor(d.t, 0)  # the firmware stopped the motors (its landing timeout): it is on the ground
+    assert d.safety.mode == Mode.DISARMED
+
+
+def test_a_drone_found_flying_when_the_link_comes_up_is_landed_and_only_then():
+    from snn_controller.crazyflie.safety import INFO_FLYING
+
+    d = Drone(position=(0.0, 0.0, 0.8))  # the high-level commander holds it; the bridge (re)started
+    d.safety.supervisor(d.t, INFO_FLYING)
+    d.run(0.01)
+    assert d.safety.mode == Mode.LANDING and d.sent == [Action(Send.LAND, (0.0, 3.0))]
+    d = Drone()  # just landed: the firmware says flying for 2 s more (its hysteresis); not the first report
+    d.safety.supervisor(d.t, 0)
+    d.safety.supervisor(d.t, INFO_FLYING)
+    d.run(0.01)
+    assert d.safety.mode == Mode.DISARMED and d.sent == []

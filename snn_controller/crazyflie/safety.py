@@ -41,8 +41,11 @@ Modes and the rules between them (each limit is a key of config/crazyflie_bridge
   locks after an emergency stop until the drone is restarted, so does this machine until the bridge is.
   The drone's supervisor reporting itself locked (its watchdog stopped the motors) or crashed (tumbled)
   enters it too: that drone flies no more until restarted.
-- The firmware disarms by itself (its preflight timeout: 30 s armed without flying): an armed machine
-  whose drone said armed and then not follows it to ``disarmed``.
+- The firmware disarms by itself (its preflight timeout: 30 s armed without flying; its landing timeout):
+  an armed machine whose drone said armed and then not follows it to ``disarmed``. A take-off waits for
+  the supervisor to let the drone fly (its "can fly" bit: the firmware's planner refuses one before).
+- A drone that is flying when the link comes up (the bridge restarted while the high-level commander
+  held it in the air) is landed: the first supervisor.info after connecting says so.
 
 Whatever the mode, airborne (flying, hover, high_level, landing):
 - outside the geofence box -> ``landing``; outside it by more than ``geofence.hard_margin`` ->
@@ -67,7 +70,7 @@ from ..config import ConfigError, build, load_yaml, package_root
 
 PM_LOW_POWER = 3  # the firmware's PMStates: battery, charging, charged, lowPower, shutDown (pm.h)
 # supervisor.info bits (supervisor.c updateLogData; cflib's Supervisor decodes the same)
-INFO_ARMED, INFO_LOCKED, INFO_CRASHED = 1 << 1, 1 << 6, 1 << 7
+INFO_ARMED, INFO_CAN_FLY, INFO_FLYING, INFO_LOCKED, INFO_CRASHED = 1 << 1, 1 << 3, 1 << 4, 1 << 6, 1 << 7
 
 
 # --- configuration: config/crazyflie_bridge.yaml ---------------------------------------------------
@@ -253,7 +256,9 @@ class DroneSafety:
         self.position, self.yaw, self.state_time = None, 0.0, None
         self.vbat, self.pm_state, self.low_since = None, None, None
         self.info = None  # supervisor.info
+        self.found_flying = False  # flying when the link came up: to be landed
         self.drone_armed = False  # the drone said armed since the last arm request
+        self.first_info = True  # the next supervisor.info is the first since connecting
         self.command_time = None  # arrival of the last valid command
         self.ground_z = None  # the height at arming: where the drone lands
         self.since = 0.0  # when the mode was entered
@@ -286,15 +291,17 @@ class DroneSafety:
         self.info = int(info)
         if self.mode in (Mode.DISCONNECTED, Mode.EMERGENCY):
             return
+        self.found_flying = self.first_info and self.mode == Mode.DISARMED and bool(self.info & INFO_FLYING)
+        self.first_info = False
         if self.info & (INFO_LOCKED | INFO_CRASHED):
             what = "locked (its commander watchdog or an emergency stop)" if self.info & INFO_LOCKED else "crashed"
             self._enter(now, Mode.EMERGENCY, f"the drone's supervisor says {what}: restart the drone", kind="locked")
-        elif self.mode == Mode.ARMED:
+        elif self.mode == Mode.ARMED or self.mode in AIRBORNE:
             if self.info & INFO_ARMED:
                 self.drone_armed = True
-            elif self.drone_armed:
-                self._enter(now, Mode.DISARMED, "the drone disarmed itself (the firmware's preflight timeout)",
-                            kind="disarm")
+            elif self.drone_armed:  # its motors are off: on the ground (a landing timeout, its preflight timeout)
+                self._enter(now, Mode.DISARMED, "the drone disarmed itself (the firmware's preflight or landing "
+                                                "timeout)", kind="disarm")
 
     def battery_low(self, now: float) -> bool:
         return self.pm_state == PM_LOW_POWER or (
@@ -376,6 +383,9 @@ class DroneSafety:
     def takeoff(self, now: float) -> Reply:
         if self.mode != Mode.ARMED:
             return self._refuse(now, f"takeoff needs an armed drone on the ground, it is {self.mode.value}")
+        if self.info is not None and not self.info & INFO_CAN_FLY:  # the planner refuses one (EBUSY) until then
+            return self._refuse(now, "the drone's supervisor does not let it fly yet (supervisor.info: arming "
+                                     "takes a moment): try again")
         problem = self._cannot_fly(now)
         if problem:
             return self._refuse(now, f"cannot take off: {problem}")
@@ -448,6 +458,9 @@ class DroneSafety:
             if self.mode == Mode.ARMED:
                 self._enter(now, Mode.DISARMED, "the link came back", kind="disarm")
                 return [Action(Send.DISARM)]
+        if self.found_flying:
+            self.found_flying = False
+            return self._start_landing(now, "the drone was flying when the link came up (a bridge restarted?)")
         if self.mode in AIRBORNE:
             out = self.config.geofence.outside_by(self.position)
             if out > self.config.geofence.hard_margin:

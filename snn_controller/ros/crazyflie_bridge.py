@@ -160,18 +160,22 @@ class CrazyflieBridge(Node):
     def take_state(self, drone: Drone, sample: StateSample) -> None:
         with drone.lock:
             drone.states.append(sample)
-        self.wake.trigger()
+        self.wake_executor()
 
     def take_battery(self, drone: Drone, battery: tuple) -> None:  # (pm.vbat, pm.state, supervisor.info or None)
         with drone.lock:
             drone.battery = battery
-        self.wake.trigger()
+        self.wake_executor()
 
     def take_link(self, drone: Drone, up: bool, why: str) -> None:
         with drone.lock:
             drone.link_up = up
         self.get_logger().info(f"{drone.name}: link {'ready' if up else 'not ready'}: {why}")
-        self.wake.trigger()
+        self.wake_executor()
+
+    def wake_executor(self) -> None:
+        if self.context.ok():  # stopping (destroy_node lands the drones): it reads the hand-over itself
+            self.wake.trigger()
 
     # --- in the executor ---------------------------------------------------------------------------
     def on_telemetry(self) -> None:
