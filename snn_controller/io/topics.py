@@ -21,7 +21,8 @@ BATTERY = "battery"
 LINK_QUALITY = "link_quality"
 MOCAP_POSE = "mocap_pose"  # geometry_msgs/PoseStamped, world frame, your motion capture -> crazyflie_bridge
 
-DIAGNOSTICS = "/diagnostics"  # diagnostic_msgs/DiagnosticArray: sim_bridge's and snn_policy's status per drone
+# diagnostic_msgs/DiagnosticArray: sim_bridge's, crazyflie_bridge's and snn_policy's status per drone
+DIAGNOSTICS = "/diagnostics"
 MISSION_STATUS = "/mission/status"  # std_msgs/String (JSON), mission_sequencer
 
 DRONE_TOPICS = (ODOM, POSE, IMU, MOTOR_STATE, CMD_MOTORS_STAMPED, CMD_MOTORS, CMD_CTBR_STAMPED, GOAL_POSE)
