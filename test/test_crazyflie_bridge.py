@@ -306,6 +306,32 @@ def test_stopping_the_bridge_lands_the_drone_first(server, probe, processes, tmp
     assert truth["position"][2] < 0.05 and not truth["motor_pwm"].any() and not truth["locked"], truth
 
 
+def test_a_drone_that_reboots_in_flight_is_reconnected_and_left_on_the_ground(server, probe, processes, tmp_path):
+    """cf1 flies; its link dies (the server stops: cflib's connection is lost) and a rebooted drone answers
+    on the same port: the bridge opens the link again, and the drone it left flying is landed (here: on
+    the ground already) and disarmed, not flown on."""
+    start_bridge(processes, write_fleet(tmp_path / "fleet.yaml", server, ["cf1"]),
+                 write_config(tmp_path / "bridge.yaml"), "-p", "retry:=0.5")
+    start_controller(processes, write_fleet(tmp_path / "cf1.yaml", server, ["cf1"]))
+    connected(probe, ["cf1"])
+    probe.goal("cf1", (0.0, 0.0, 0.5))
+    assert probe.arm("cf1").success
+    probe.wait(lambda: probe.near("cf1", (0.0, 0.0, 0.5), 0.05), "cf1 flies")
+    server.stop()
+    probe.wait(lambda: probe.status["cf1"]["link"] != "up", "the lost link reported")
+    rebooted = CrazyflieServer(ports=server.ports, names=list(HOMES), initial_positions=list(HOMES.values())).start()
+    try:
+        probe.server = rebooted
+        probe.wait(lambda: probe.status["cf1"]["link"] == "up" and probe.mode("cf1") == "disarmed",
+                   "reconnected, and disarmed after its landing")
+        assert any("link back" in e for e in probe.events["cf1"]) and any("landing" in e for e in probe.events["cf1"])
+        probe.spin(1.0)
+        assert probe.motors_off("cf1") and probe.truth("cf1")["position"][2] < 0.02, "the controller does not fly it"
+    finally:
+        rebooted.stop()
+        probe.server = server
+
+
 # --- the launch file -------------------------------------------------------------------------------
 def snnctl(processes, *args):
     """``snnctl ... --json`` in the test's ROS domain: its JSON answer."""

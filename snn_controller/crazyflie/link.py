@@ -207,7 +207,7 @@ class CrazyflieLink:
             self.connected, self.connecting_since = True, None
         for name in RATE_MODE_PARAMS:
             self.cf.param.set_value(name, 0)
-        self._report(True, "connected")
+        self._report(True, "connected, waiting for the rate mode to be read back")
 
     def _on_param(self, name: str, value: str) -> None:
         with self._lock:
