@@ -288,7 +288,7 @@ def test_high_level_takeoff_go_to_land(server):
         cf, hl = scf.cf, scf.cf.high_level_commander
         arm(server, cf)
         hl.takeoff(0.5, 2.0)
-        sleep_sim(server, 4.0)  # the cascaded PID overshoots a takeoff from rest, then settles (docs/crtp_sim.md)
+        sleep_sim(server, 3.0)
         s = truth(server)
         assert s["position"] == pytest.approx([0.2, -0.1, 0.5], abs=0.03)
         hl.go_to(0.6, 0.3, 0.8, 0.5, 2.0)
@@ -334,7 +334,7 @@ def test_hover_and_velocity_setpoints(server):
         cf = scf.cf
         arm(server, cf)
         cf.high_level_commander.takeoff(0.6, 2.0)
-        sleep_sim(server, 3.5)  # the cascaded PID overshoots a takeoff from rest, then settles (docs/crtp_sim.md)
+        sleep_sim(server, 2.5)
         def mean_over(send, seconds):
             """The mean velocity, height and yaw rate over the second half of ``seconds`` of streaming."""
             stream(server, send, seconds / 2)

@@ -23,8 +23,9 @@ Firmware: bitcraze/crazyflie-firmware at commit 2a18fc29. What follows which fil
   ``controller_pid.c`` / ``pid.c``, see docs/ctbr.md); angle mode adds the firmware's roll/pitch
   attitude PIDs (kp 6, ki 3, ilimit 20, ``platform_defaults_cf2.h``) evaluated every 10 ms, and the
   yaw attitude loop of ``controllerPid``. Position, velocity and hover setpoints (and the high-level
-  commander's) are flown by the project's cascaded PID (``control/pid.py`` with the CTBR output)
-  in front of that rate loop: **not** the firmware's ``position_controller_pid.c``.
+  commander's, with its acceleration as a feed-forward) are flown by the project's cascaded PID
+  (``control/pid.py`` with the CTBR output) in front of that rate loop: **not** the firmware's
+  ``position_controller_pid.c``.
 - High-level commander (``crtp_commander_high_level.c``, ``planner.c``, ``pptraj.c``): takeoff_2,
   land_2, go_to / go_to_2 (relative, linear), stop, group masks (command and
   ``hlCommander.groupmask``), EBUSY while the supervisor does not let it fly; one 7th-order no-jerk
@@ -102,8 +103,8 @@ PM_LOW_DURATION_MS = 5000  # DEFAULT_BAT_LOW_DURATION_TO_TRIGGER_SEC
 @dataclass(frozen=True)
 class Setpoint:
     """Angles in degrees and rates in deg/s with the firmware's signs (pitch: nose up positive),
-    positions [m] and velocities [m/s] in the world frame (``velocity_body``: x, y in the body's
-    yaw frame), thrust in PWM (0..65535)."""
+    positions [m], velocities [m/s] and accelerations [m/s^2] in the world frame (``velocity_body``:
+    x, y in the body's yaw frame), thrust in PWM (0..65535)."""
 
     mode_x: int = MODE_DISABLE
     mode_y: int = MODE_DISABLE
@@ -116,6 +117,7 @@ class Setpoint:
     velocity_body: bool = False
     attitude: tuple = (0.0, 0.0, 0.0)  # roll, pitch, yaw
     attitude_rate: tuple = (0.0, 0.0, 0.0)
+    acceleration: tuple = (0.0, 0.0, 0.0)
     thrust: float = 0.0
     timestamp_ms: int = 0
 
@@ -764,6 +766,7 @@ class Firmware:
         self.hl_position, self.hl_velocity, self.hl_yaw = goal.position, goal.velocity, goal.yaw
         self.set_setpoint(Setpoint(mode_x=MODE_ABS, mode_y=MODE_ABS, mode_z=MODE_ABS, mode_yaw=MODE_ABS,
                                    position=tuple(goal.position), velocity=tuple(goal.velocity),
+                                   acceleration=tuple(goal.acceleration),
                                    attitude=(0.0, 0.0, math.degrees(goal.yaw)),
                                    attitude_rate=(0.0, 0.0, math.degrees(goal.yaw_rate))), PRIORITY_HIGHLEVEL, now_ms)
 
@@ -1032,7 +1035,8 @@ class SimulatedCrazyflies:
         self.position_active = active
         observation = Observation(actor=assemble(np.zeros((n, OBS_DIM)), position_error, rot, vel, omega),
                                   target_yaw=target_yaw)
-        u = self.position_controller(observation, target_velocity=target_velocity)
+        u = self.position_controller(observation, target_velocity=target_velocity,
+                                     target_acceleration=np.array([sp.acceleration for sp in setpoints]))
         from_position = self.scaling.setpoint(u)
 
         ctbr = np.zeros((n, 4))
