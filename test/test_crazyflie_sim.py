@@ -238,6 +238,26 @@ def test_the_deprecated_platform_and_localization_packets_still_work():
     assert fw.state.name == "EXCEPT_FREE_FALL" and not fw.motors_allowed() and not fw.armed
 
 
+def test_emergency_stop_takes_effect_at_the_next_supervisor_update():
+    sim = SimulatedCrazyflies([(0, 0, 0)], require_arming=False)
+    thrust = int(sim.model.hover_rotor_speed * 65535 * 1.1)
+    setpoint = crtp.Packet(crtp.Port.COMMANDER, 0, bytes(12) + thrust.to_bytes(2, "little"))
+    sim.handle(0, crtp.Packet(crtp.Port.COMMANDER, 0, bytes(14)))  # thrust 0 unlocks
+    for _ in range(60):
+        sim.handle(0, setpoint)
+        sim.step()
+    assert sim.states()[0]["supervisor"] == "FLYING" and sim.states()[0]["motor_pwm"].min() > 0
+    sim.handle(0, crtp.Packet(crtp.Port.SUPERVISOR, crtp.Supervisor.COMMAND_CHANNEL,
+                              bytes((crtp.Supervisor.EMERGENCY_STOP,))))
+    ticks = 0
+    while sim.states()[0]["motor_pwm"].max() > 0:
+        sim.handle(0, setpoint)
+        sim.step()
+        ticks += 1
+    assert ticks <= 4  # 40 ms: the supervisor runs at 25 Hz
+    assert sim.states()[0]["supervisor"] in ("EXCEPT_FREE_FALL", "LOCKED")
+
+
 def test_log_block_too_large_is_refused():
     fw = Firmware()
     L = crtp.Log
@@ -372,12 +392,10 @@ def test_emergency_stop_cuts_the_motors_at_once_and_locks(server):
         cf.commander.send_setpoint(0, 0, 0, 0)
         stream(server, lambda: cf.commander.send_setpoint(0, 0, 0, int(hover * 1.1)), 0.8)
         assert truth(server)["motor_pwm"].min() > 0
-        stopped_at = sim_time(server)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             cf.loc.send_emergency_stop()  # cflib forwards it to the supervisor port (protocol >= 12)
-        wait_until(server, lambda: truth(server)["motor_pwm"].max() == 0, 0.1, "motors off")
-        assert sim_time(server) - stopped_at <= 0.06  # the next supervisor update (25 Hz)
+        wait_until(server, lambda: truth(server)["motor_pwm"].max() == 0, 0.5, "motors off")
         stream(server, lambda: cf.commander.send_setpoint(0, 0, 0, int(hover * 1.1)), 0.5)
         s = truth(server)
         assert s["locked"] and s["motor_pwm"].max() == 0
@@ -504,7 +522,7 @@ def test_drop_link_silences_the_drone_for_a_while(server):
         before = len(rec.entries)
         wait_until(server, lambda: len(rec.entries) > before + 10, 1.0, "log entries after the link is back")
     stamps = np.array([t for t, _ in rec.entries])
-    assert np.diff(stamps).max() >= 100, "no gap in the log while the link was down"
+    assert np.diff(stamps).max() >= 40, "no gap in the log while the link was down"  # 0.5 s of wall time
 
 
 def test_high_level_group_mask_and_current_yaw():

@@ -9,9 +9,11 @@ returns the reply packets, ``step()`` advances everything by one 10 ms stabilize
 Firmware: bitcraze/crazyflie-firmware at commit 2a18fc29. What follows which file:
 
 - Stabilizer loop (``stabilizer.c``), every 10 ms here (the firmware runs 1 kHz with the controller
-  at 500 Hz): high-level setpoint if the supervisor lets it fly -> the commander's setpoint in force
-  -> supervisor update (every 40 ms, ``RATE_SUPERVISOR`` 25 Hz) and override -> controller -> motors
-  only in the states that allow them (``supervisorAreMotorsAllowedToRun``).
+  at 500 Hz): supervisor update (every 40 ms, ``RATE_SUPERVISOR`` 25 Hz; the firmware updates it
+  just after the high-level setpoint) -> high-level setpoint if the supervisor lets it fly -> the
+  commander's setpoint in force -> supervisor override -> controller -> motors only in the states
+  that allow them (``supervisorAreMotorsAllowedToRun``), armed ones idling at 7000 PWM when arming
+  is required (``power_distribution_quadrotor.c``, ``CONFIG_MOTORS_DEFAULT_IDLE_THRUST``).
 - Commander (``commander.c``): priorities disable 0 < high level 1 < CRTP 2; a CRTP setpoint stops
   the planner; ``notify_setpoint_stop`` relaxes the priority to 1 and tells the planner the state.
 - Legacy RPYT (``crtp_commander_rpyt.c``): the ``flightmode.stabModeRoll/Pitch/Yaw`` params (0 rate,
@@ -37,7 +39,8 @@ Firmware: bitcraze/crazyflie-firmware at commit 2a18fc29. What follows which fil
   older than 2 s: motors off and locked), emergency stop (supervisor port, the deprecated
   localization packets, ``stabilizer.stop``) and its 1 s watchdog variant: locked until
   :meth:`SimulatedCrazyflies.reset`, the firmware's reboot; tumble check on the accelerometer's z
-  (below 0.5 g for 1 s, below -0.2 g for 0.1 s) -> crashed, recovery by the recover command.
+  (below 0.5 g for 1 s, below -0.2 g for 0.1 s) -> crashed, recovery by the recover command (a
+  crash by the simulation's rules leaves the drone lying on its side: ``SimulatedCrazyflies._observe``).
 - Log (``log.c``) and params (``param_logic.c``): v2 TOCs with their chained CRC32, 16 blocks,
   128 ops, 26 payload bytes a block, timestamps in ms since boot (uint24).
 - ``stateEstimate`` / ``stateEstimateZ`` (``stabilizer.c``; the estimate is the true state): pitch
@@ -968,8 +971,7 @@ class SimulatedCrazyflies:
         self.axis_mode[index] = MODE_DISABLE
         for i in index:
             self.crash_reason[i] = ""
-        self._velocity = self.engine.state.as_numpy()["velocity"]
-        self._observe(np.zeros((self.n, 3)))
+        self._observe(self.engine.state.as_numpy()["velocity"])  # no acceleration across a reset
 
     def reset(self, i: int) -> None:
         """Power-cycle drone ``i``: a fresh firmware (disarmed, unlocked, full battery, no log
@@ -989,13 +991,15 @@ class SimulatedCrazyflies:
 
     def step(self) -> None:
         """One stabilizer tick: every firmware picks its setpoint, the controllers and 5 rate-loop
-        ticks of physics run, the estimates and log values are updated; 10 ms later."""
+        ticks of physics run, the estimates and batteries are updated; 10 ms later."""
         setpoints = [fw.setpoint_for_tick(self.time_ms) for fw in self.firmwares]
         ctbr = self._control(setpoints)
         previous_velocity = self._velocity
         self.engine.step(torch.as_tensor(ctbr))
         self.time_ms += TICK_MS
         self._observe(previous_velocity)
+        for fw in self.firmwares:
+            fw.battery_tick(self.time_ms, self.dt)
 
     def _control(self, setpoints: list[Setpoint]) -> np.ndarray:
         """The CTBR setpoint (N, 4) [thrust PWM ratio, p, q, r (rad/s)] for the rate loop."""
@@ -1104,7 +1108,6 @@ class SimulatedCrazyflies:
                            "quaternion": s["quaternion"][i], "angular_velocity": s["angular_velocity"][i],
                            "acceleration": acceleration[i], "specific_force": specific_force[i]}
             fw.motor_pwm = pwm[i] if fw.motors_allowed() else np.zeros(4)
-            fw.battery_tick(self.time_ms, self.dt)
 
     def states(self) -> list[dict]:
         """Ground truth per drone: position, quaternion (w, x, y, z), velocity (world), angular
