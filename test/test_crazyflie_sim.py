@@ -157,6 +157,11 @@ def test_null_packet_is_answered_and_the_server_stops_cleanly():
         probe.settimeout(5.0)
         probe.sendto(bytes((crtp.NULL_HEADER,)), ("127.0.0.1", port))
         assert probe.recv(64)[:1] == bytes((crtp.NULL_HEADER,))
+        truncated = crtp.Packet(crtp.Port.PARAM, crtp.Param.WRITE_CHANNEL, b"\x00\x00")  # a write without its value
+        probe.sendto(truncated.encode(), ("127.0.0.1", port))
+        echo = crtp.Packet(crtp.Port.LINK, crtp.Link.ECHO, b"still here")
+        probe.sendto(echo.encode(), ("127.0.0.1", port))
+        assert crtp.decode(probe.recv(64)) == echo
     srv.stop()
     assert threading.active_count() == threads
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
