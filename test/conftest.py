@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from snn_controller.ros.launch import die_with_parent
+
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"  # mandatory here
 ROOT = Path(__file__).resolve().parents[1]
 # Domains: a random base per test session, one domain per test (1..101 are valid for Fast DDS).
@@ -45,7 +47,8 @@ class Processes:
         name = name or module.rsplit(".", 1)[-1]
         log = open(self.log_dir / f"{name}-{len(self.procs)}.log", "w")
         cmd = [sys.executable, "-m", module, "--ros-args", *ros_args]
-        proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent)
         self.procs.append((name, proc, log))
         return proc
 

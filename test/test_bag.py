@@ -95,3 +95,22 @@ def test_main_command_flies_the_mission_with_the_shipped_snn_and_records_a_bag(r
         assert info["topics"][topic]["messages"] > 0, (topic, info)
     statuses = [s for _, m in read_messages(bag, "/diagnostics") for s in m.status if s.name.startswith("snn_policy")]
     assert any(s.message == "network flying" for s in statuses), "the network must fly, not only the guide"
+
+def test_the_shipped_ctbr_snn_flies_the_mission_through_the_rate_loop(ros_env, tmp_path):
+    """The CTBR model (models/td3bc_jsrl_ctbr_cf21.safetensors) through the same launch file: snn_policy
+    sends CTBR setpoints (its manifest says so), sim_bridge flies them through the firmware's rate
+    loop; both drones take off, fly the waypoint and land, the network flying most of it."""
+    bag, mission = tmp_path / "flight", tmp_path / "short_hop.yaml"
+    mission.write_text(SHORT_MISSION)
+    out = subprocess.run(
+        [sys.executable, "-m", "snn_controller.cli", "launch", "sim_snn.launch.yaml", f"mission:={mission}",
+         "mission_start:=1.0", "mode:=lockstep", "model:=models/td3bc_jsrl_ctbr_cf21.safetensors", "record:=true",
+         f"bag:={bag}", "--duration", "120", "--monitor", "--json"],
+        env=ros_env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])["mission"]
+    assert report["crashed"] == 0 and report["landed"] == 2, report
+    takeoff, goto, land = report["segments"]
+    assert goto["reached"] == 2 and goto["error_mean"] < 0.15 and goto["network_share"] > 0.8, goto
+    info = bag_info(bag)
+    assert info["topics"]["/cf1/cmd_ctbr_stamped"]["messages"] > 500 and "/cf1/cmd_motors_stamped" not in info["topics"]

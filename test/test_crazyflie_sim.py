@@ -157,6 +157,11 @@ def test_null_packet_is_answered_and_the_server_stops_cleanly():
         probe.settimeout(5.0)
         probe.sendto(bytes((crtp.NULL_HEADER,)), ("127.0.0.1", port))
         assert probe.recv(64)[:1] == bytes((crtp.NULL_HEADER,))
+        truncated = crtp.Packet(crtp.Port.PARAM, crtp.Param.WRITE_CHANNEL, b"\x00\x00")  # a write without its value
+        probe.sendto(truncated.encode(), ("127.0.0.1", port))
+        echo = crtp.Packet(crtp.Port.LINK, crtp.Link.ECHO, b"still here")
+        probe.sendto(echo.encode(), ("127.0.0.1", port))
+        assert crtp.decode(probe.recv(64)) == echo
     srv.stop()
     assert threading.active_count() == threads
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
@@ -238,6 +243,26 @@ def test_the_deprecated_platform_and_localization_packets_still_work():
     assert fw.state.name == "EXCEPT_FREE_FALL" and not fw.motors_allowed() and not fw.armed
 
 
+def test_emergency_stop_takes_effect_at_the_next_supervisor_update():
+    sim = SimulatedCrazyflies([(0, 0, 0)], require_arming=False)
+    thrust = int(sim.model.hover_rotor_speed * 65535 * 1.1)
+    setpoint = crtp.Packet(crtp.Port.COMMANDER, 0, bytes(12) + thrust.to_bytes(2, "little"))
+    sim.handle(0, crtp.Packet(crtp.Port.COMMANDER, 0, bytes(14)))  # thrust 0 unlocks
+    for _ in range(60):
+        sim.handle(0, setpoint)
+        sim.step()
+    assert sim.states()[0]["supervisor"] == "FLYING" and sim.states()[0]["motor_pwm"].min() > 0
+    sim.handle(0, crtp.Packet(crtp.Port.SUPERVISOR, crtp.Supervisor.COMMAND_CHANNEL,
+                              bytes((crtp.Supervisor.EMERGENCY_STOP,))))
+    ticks = 0
+    while sim.states()[0]["motor_pwm"].max() > 0:
+        sim.handle(0, setpoint)
+        sim.step()
+        ticks += 1
+    assert ticks <= 4  # 40 ms: the supervisor runs at 25 Hz
+    assert sim.states()[0]["supervisor"] in ("EXCEPT_FREE_FALL", "LOCKED")
+
+
 def test_log_block_too_large_is_refused():
     fw = Firmware()
     L = crtp.Log
@@ -288,7 +313,7 @@ def test_high_level_takeoff_go_to_land(server):
         cf, hl = scf.cf, scf.cf.high_level_commander
         arm(server, cf)
         hl.takeoff(0.5, 2.0)
-        sleep_sim(server, 4.0)  # the cascaded PID overshoots a takeoff from rest, then settles (docs/crtp_sim.md)
+        sleep_sim(server, 3.0)
         s = truth(server)
         assert s["position"] == pytest.approx([0.2, -0.1, 0.5], abs=0.03)
         hl.go_to(0.6, 0.3, 0.8, 0.5, 2.0)
@@ -334,7 +359,7 @@ def test_hover_and_velocity_setpoints(server):
         cf = scf.cf
         arm(server, cf)
         cf.high_level_commander.takeoff(0.6, 2.0)
-        sleep_sim(server, 3.5)  # the cascaded PID overshoots a takeoff from rest, then settles (docs/crtp_sim.md)
+        sleep_sim(server, 2.5)
         def mean_over(send, seconds):
             """The mean velocity, height and yaw rate over the second half of ``seconds`` of streaming."""
             stream(server, send, seconds / 2)
@@ -372,12 +397,10 @@ def test_emergency_stop_cuts_the_motors_at_once_and_locks(server):
         cf.commander.send_setpoint(0, 0, 0, 0)
         stream(server, lambda: cf.commander.send_setpoint(0, 0, 0, int(hover * 1.1)), 0.8)
         assert truth(server)["motor_pwm"].min() > 0
-        stopped_at = sim_time(server)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             cf.loc.send_emergency_stop()  # cflib forwards it to the supervisor port (protocol >= 12)
-        wait_until(server, lambda: truth(server)["motor_pwm"].max() == 0, 0.1, "motors off")
-        assert sim_time(server) - stopped_at <= 0.06  # the next supervisor update (25 Hz)
+        wait_until(server, lambda: truth(server)["motor_pwm"].max() == 0, 0.5, "motors off")
         stream(server, lambda: cf.commander.send_setpoint(0, 0, 0, int(hover * 1.1)), 0.5)
         s = truth(server)
         assert s["locked"] and s["motor_pwm"].max() == 0
@@ -504,7 +527,7 @@ def test_drop_link_silences_the_drone_for_a_while(server):
         before = len(rec.entries)
         wait_until(server, lambda: len(rec.entries) > before + 10, 1.0, "log entries after the link is back")
     stamps = np.array([t for t, _ in rec.entries])
-    assert np.diff(stamps).max() >= 100, "no gap in the log while the link was down"
+    assert np.diff(stamps).max() >= 40, "no gap in the log while the link was down"  # 0.5 s of wall time
 
 
 def test_high_level_group_mask_and_current_yaw():

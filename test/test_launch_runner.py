@@ -164,3 +164,17 @@ def test_a_node_that_ignores_sigint_and_sigterm_is_killed_and_named(monkeypatch,
     assert [(f["node"], f["why"]) for f in runner.failures()] == [
         ("stubborn", "did not stop on SIGINT and SIGTERM: killed")]
     assert all(proc.poll() is not None for _, proc in runner.processes)
+
+
+def test_no_node_outlives_a_killed_runner(ros_env):
+    """SIGKILL gives the runner no chance to stop its nodes (each in its own session, so no signal
+    to its group reaches them): they stop themselves, since they die with their parent."""
+    launch = Launch(ros_env, "sim_pid.launch.yaml", "use_mission:=false")
+    try:
+        wait_for(lambda: len(launch.pids()) == 2, 60, "both nodes started", lambda: launch.output[-3000:])
+        os.kill(launch.proc.pid, signal.SIGKILL)
+        launch.proc.wait(10)
+        wait_for(lambda: not any(alive(pid) for pid in launch.pids().values()), 30, "the nodes stopping",
+                 lambda: str({name: alive(pid) for name, pid in launch.pids().items()}))
+    finally:
+        launch.cleanup()

@@ -86,8 +86,10 @@ class PIDController:
 
     A controller (control/handover.py): call with an :class:`~snn_controller.task.observation.Observation`
     of N drones (it reads the named views of the actor observation and ``target_yaw`` [rad]);
-    optional ``target_velocity`` (N, 3). Returns motor commands (N, 4) in [-1, 1], or with ``ctbr``
-    the CTBR action (N, 4) in [-1, 1] in that scaling. ``reset(mask)`` clears the state of some drones.
+    optional ``target_velocity`` (N, 3) and ``target_acceleration`` (N, 3) [m/s^2, world], a
+    feed-forward added to the position loop's acceleration (a trajectory's). Returns motor commands
+    (N, 4) in [-1, 1], or with ``ctbr`` the CTBR action (N, 4) in [-1, 1] in that scaling.
+    ``reset(mask)`` clears the state of some drones.
 
     With ``ctbr`` the delay compensation is off: its predictor runs motor commands in flight through the
     rotor lag; predicting across CTBR setpoints would need the firmware's rate loop in it (not done).
@@ -163,7 +165,8 @@ class PIDController:
         self.v_hat = v_pred + g.observer_velocity_gain * (v - v_pred) + g.observer_cross_gain * innov / dt
         return self.p_hat, self.v_hat
 
-    def __call__(self, obs, target_velocity: np.ndarray | None = None) -> np.ndarray:
+    def __call__(self, obs, target_velocity: np.ndarray | None = None,
+                 target_acceleration: np.ndarray | None = None) -> np.ndarray:
         if np.shape(obs.actor) != (self.n, OBS_DIM):
             raise ValueError(f"observation must have shape ({self.n}, {OBS_DIM}), got {np.shape(obs.actor)}")
         g, m = self.gains, self.model
@@ -183,6 +186,8 @@ class PIDController:
         near = np.linalg.norm(p_err, axis=-1, keepdims=True) < g.integral_zone
         self.integral = np.clip(self.integral - near * p_err * self.dt, -g.integral_limit, g.integral_limit)
         accel = -kp * p_err + kd * (v_ref - v) + ki * self.integral
+        if target_acceleration is not None:
+            accel = accel + target_acceleration
         horiz = np.linalg.norm(accel[:, :2], axis=-1, keepdims=True)
         accel[:, :2] *= np.minimum(1.0, self.max_accel_xy / np.maximum(horiz, 1e-9))
         accel[:, 2] = np.clip(accel[:, 2], -0.8 * m.gravity, g.max_accel_z)

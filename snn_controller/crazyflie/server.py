@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -194,7 +195,11 @@ class CrazyflieServer:
             with self._lock:
                 if not packet.is_null:
                     self._clients[i] = sender
-                replies = self.sim.handle(i, packet)
+                try:
+                    replies = self.sim.handle(i, packet)
+                except (struct.error, IndexError, ValueError) as e:  # truncated or malformed: dropped
+                    log.warning("drone %d: dropped a packet it cannot decode, %s: %s", i, packet, e)
+                    replies = []
             for reply in replies:
                 self._send(s, reply, sender)
 
@@ -205,6 +210,14 @@ class CrazyflieServer:
             log.debug("send to %s failed: %s", address, e)
 
     def _run_physics(self) -> None:
+        try:
+            self._physics_loop()
+        except Exception:  # a dead simulation must not keep answering as if it flew
+            log.exception("the simulation failed; the server stops serving")
+            self._stop.set()
+            raise
+
+    def _physics_loop(self) -> None:
         torch.set_num_threads(1)
         period = TICK_MS / 1000.0
         next_tick = time.monotonic()

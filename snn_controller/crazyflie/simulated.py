@@ -9,9 +9,11 @@ returns the reply packets, ``step()`` advances everything by one 10 ms stabilize
 Firmware: bitcraze/crazyflie-firmware at commit 2a18fc29. What follows which file:
 
 - Stabilizer loop (``stabilizer.c``), every 10 ms here (the firmware runs 1 kHz with the controller
-  at 500 Hz): high-level setpoint if the supervisor lets it fly -> the commander's setpoint in force
-  -> supervisor update (every 40 ms, ``RATE_SUPERVISOR`` 25 Hz) and override -> controller -> motors
-  only in the states that allow them (``supervisorAreMotorsAllowedToRun``).
+  at 500 Hz): supervisor update (every 40 ms, ``RATE_SUPERVISOR`` 25 Hz; the firmware updates it
+  just after the high-level setpoint) -> high-level setpoint if the supervisor lets it fly -> the
+  commander's setpoint in force -> supervisor override -> controller -> motors only in the states
+  that allow them (``supervisorAreMotorsAllowedToRun``), armed ones idling at 7000 PWM when arming
+  is required (``power_distribution_quadrotor.c``, ``CONFIG_MOTORS_DEFAULT_IDLE_THRUST``).
 - Commander (``commander.c``): priorities disable 0 < high level 1 < CRTP 2; a CRTP setpoint stops
   the planner; ``notify_setpoint_stop`` relaxes the priority to 1 and tells the planner the state.
 - Legacy RPYT (``crtp_commander_rpyt.c``): the ``flightmode.stabModeRoll/Pitch/Yaw`` params (0 rate,
@@ -23,8 +25,9 @@ Firmware: bitcraze/crazyflie-firmware at commit 2a18fc29. What follows which fil
   ``controller_pid.c`` / ``pid.c``, see docs/ctbr.md); angle mode adds the firmware's roll/pitch
   attitude PIDs (kp 6, ki 3, ilimit 20, ``platform_defaults_cf2.h``) evaluated every 10 ms, and the
   yaw attitude loop of ``controllerPid``. Position, velocity and hover setpoints (and the high-level
-  commander's) are flown by the project's cascaded PID (``control/pid.py`` with the CTBR output)
-  in front of that rate loop: **not** the firmware's ``position_controller_pid.c``.
+  commander's, with its acceleration as a feed-forward) are flown by the project's cascaded PID
+  (``control/pid.py`` with the CTBR output) in front of that rate loop: **not** the firmware's
+  ``position_controller_pid.c``.
 - High-level commander (``crtp_commander_high_level.c``, ``planner.c``, ``pptraj.c``): takeoff_2,
   land_2, go_to / go_to_2 (relative, linear), stop, group masks (command and
   ``hlCommander.groupmask``), EBUSY while the supervisor does not let it fly; one 7th-order no-jerk
@@ -36,7 +39,8 @@ Firmware: bitcraze/crazyflie-firmware at commit 2a18fc29. What follows which fil
   older than 2 s: motors off and locked), emergency stop (supervisor port, the deprecated
   localization packets, ``stabilizer.stop``) and its 1 s watchdog variant: locked until
   :meth:`SimulatedCrazyflies.reset`, the firmware's reboot; tumble check on the accelerometer's z
-  (below 0.5 g for 1 s, below -0.2 g for 0.1 s) -> crashed, recovery by the recover command.
+  (below 0.5 g for 1 s, below -0.2 g for 0.1 s) -> crashed, recovery by the recover command (a
+  crash by the simulation's rules leaves the drone lying on its side: ``SimulatedCrazyflies._observe``).
 - Log (``log.c``) and params (``param_logic.c``): v2 TOCs with their chained CRC32, 16 blocks,
   128 ops, 26 payload bytes a block, timestamps in ms since boot (uint24).
 - ``stateEstimate`` / ``stateEstimateZ`` (``stabilizer.c``; the estimate is the true state): pitch
@@ -102,8 +106,8 @@ PM_LOW_DURATION_MS = 5000  # DEFAULT_BAT_LOW_DURATION_TO_TRIGGER_SEC
 @dataclass(frozen=True)
 class Setpoint:
     """Angles in degrees and rates in deg/s with the firmware's signs (pitch: nose up positive),
-    positions [m] and velocities [m/s] in the world frame (``velocity_body``: x, y in the body's
-    yaw frame), thrust in PWM (0..65535)."""
+    positions [m], velocities [m/s] and accelerations [m/s^2] in the world frame (``velocity_body``:
+    x, y in the body's yaw frame), thrust in PWM (0..65535)."""
 
     mode_x: int = MODE_DISABLE
     mode_y: int = MODE_DISABLE
@@ -116,6 +120,7 @@ class Setpoint:
     velocity_body: bool = False
     attitude: tuple = (0.0, 0.0, 0.0)  # roll, pitch, yaw
     attitude_rate: tuple = (0.0, 0.0, 0.0)
+    acceleration: tuple = (0.0, 0.0, 0.0)
     thrust: float = 0.0
     timestamp_ms: int = 0
 
@@ -764,6 +769,7 @@ class Firmware:
         self.hl_position, self.hl_velocity, self.hl_yaw = goal.position, goal.velocity, goal.yaw
         self.set_setpoint(Setpoint(mode_x=MODE_ABS, mode_y=MODE_ABS, mode_z=MODE_ABS, mode_yaw=MODE_ABS,
                                    position=tuple(goal.position), velocity=tuple(goal.velocity),
+                                   acceleration=tuple(goal.acceleration),
                                    attitude=(0.0, 0.0, math.degrees(goal.yaw)),
                                    attitude_rate=(0.0, 0.0, math.degrees(goal.yaw_rate))), PRIORITY_HIGHLEVEL, now_ms)
 
@@ -965,8 +971,7 @@ class SimulatedCrazyflies:
         self.axis_mode[index] = MODE_DISABLE
         for i in index:
             self.crash_reason[i] = ""
-        self._velocity = self.engine.state.as_numpy()["velocity"]
-        self._observe(np.zeros((self.n, 3)))
+        self._observe(self.engine.state.as_numpy()["velocity"])  # no acceleration across a reset
 
     def reset(self, i: int) -> None:
         """Power-cycle drone ``i``: a fresh firmware (disarmed, unlocked, full battery, no log
@@ -986,13 +991,15 @@ class SimulatedCrazyflies:
 
     def step(self) -> None:
         """One stabilizer tick: every firmware picks its setpoint, the controllers and 5 rate-loop
-        ticks of physics run, the estimates and log values are updated; 10 ms later."""
+        ticks of physics run, the estimates and batteries are updated; 10 ms later."""
         setpoints = [fw.setpoint_for_tick(self.time_ms) for fw in self.firmwares]
         ctbr = self._control(setpoints)
         previous_velocity = self._velocity
         self.engine.step(torch.as_tensor(ctbr))
         self.time_ms += TICK_MS
         self._observe(previous_velocity)
+        for fw in self.firmwares:
+            fw.battery_tick(self.time_ms, self.dt)
 
     def _control(self, setpoints: list[Setpoint]) -> np.ndarray:
         """The CTBR setpoint (N, 4) [thrust PWM ratio, p, q, r (rad/s)] for the rate loop."""
@@ -1032,7 +1039,8 @@ class SimulatedCrazyflies:
         self.position_active = active
         observation = Observation(actor=assemble(np.zeros((n, OBS_DIM)), position_error, rot, vel, omega),
                                   target_yaw=target_yaw)
-        u = self.position_controller(observation, target_velocity=target_velocity)
+        u = self.position_controller(observation, target_velocity=target_velocity,
+                                     target_acceleration=np.array([sp.acceleration for sp in setpoints]))
         from_position = self.scaling.setpoint(u)
 
         ctbr = np.zeros((n, 4))
@@ -1100,7 +1108,6 @@ class SimulatedCrazyflies:
                            "quaternion": s["quaternion"][i], "angular_velocity": s["angular_velocity"][i],
                            "acceleration": acceleration[i], "specific_force": specific_force[i]}
             fw.motor_pwm = pwm[i] if fw.motors_allowed() else np.zeros(4)
-            fw.battery_tick(self.time_ms, self.dt)
 
     def states(self) -> list[dict]:
         """Ground truth per drone: position, quaternion (w, x, y, z), velocity (world), angular

@@ -316,6 +316,19 @@ def exit_reason(code: int) -> str:
 STOPPED_CODES = (0, -signal.SIGINT, 128 + signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGTERM)
 
 
+def die_with_parent() -> None:
+    """In a child process before it runs: SIGTERM when its parent dies, however it dies (SIGKILL
+    included), so that no node outlives the runner (or the test) that started it: a node's own
+    session keeps it from Ctrl-C, and nothing else would stop it. Linux's PR_SET_PDEATHSIG; elsewhere
+    nothing."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass
 class NodeProcess:
     spec: NodeSpec
@@ -383,7 +396,7 @@ class LaunchRunner:
         try:
             for spec, command in zip(self.desc.nodes, commands):
                 proc = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, start_new_session=True)
+                                        text=True, start_new_session=True, preexec_fn=die_with_parent)
                 node = NodeProcess(spec, proc)
                 self.nodes.append(node)
                 self.say(f"started {spec.label} (pid {proc.pid})")
