@@ -220,7 +220,8 @@ def test_geofence_lands_its_hard_margin_stops_the_motors_and_bad_commands_are_re
     assert any("outside the geofence" in e for e in probe.events["cf1"])
     probe.wait(lambda: probe.mode("cf1") == "disarmed" and probe.motors_off("cf1"), "cf1 landed")
     x, _, z = probe.truth("cf1")["position"]
-    assert 0.6 < x < 1.0 and z < 0.05 and not probe.truth("cf1")["locked"], "landed past the fence, not stopped"
+    # landed where it crossed x = 0.6, short of its goal at 0.9, and not stopped (the hard margin is 0.4 m)
+    assert 0.5 < x < 0.85 and z < 0.05 and not probe.truth("cf1")["locked"], (x, z)
 
     probe.answer("cf2", [math.nan, 0.0, 0.0, 0.0])
     probe.wait(lambda: int(probe.status["cf2"]["rejected"]) >= 20, "non-finite commands rejected and counted")
@@ -342,8 +343,9 @@ def snnctl(processes, *args):
 
 
 def test_real_flight_launch_flies_a_mission_and_lands(server, probe, processes, tmp_path):
-    """snnctl launch real_flight.launch.yaml against the simulated drones: the bridge, the CTBR PID, the
-    mission and the recorder, all from the launch file. The mission starts when the drones are armed
+    """snnctl launch real_flight.launch.yaml against the simulated drones: the bridge, the spiking network
+    (snn_policy with the CTBR model, its PID guide flying the first 50 steps), the mission and the
+    recorder, all from the launch file. The mission starts when the drones are armed
     (the bridge's clock does); both fly it and land; the bag has their flight, and snnctl sim replay
     flies its CTBR setpoints again in the simulator."""
     fleet = write_fleet(tmp_path / "fleet.yaml", server)
@@ -355,7 +357,7 @@ def test_real_flight_launch_flies_a_mission_and_lands(server, probe, processes, 
     bag = tmp_path / "bag"
     launch = subprocess.Popen(
         [sys.executable, "-m", "snn_controller.cli", "launch", "real_flight.launch.yaml", f"crazyflies:={fleet}",
-         "controller:=pid", "use_mission:=true", f"mission:={mission}", f"bag:={bag}"],
+         "controller:=snn", "use_mission:=true", f"mission:={mission}", f"bag:={bag}"],
         env=processes.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         connected(probe)
@@ -371,7 +373,10 @@ def test_real_flight_launch_flies_a_mission_and_lands(server, probe, processes, 
         probe.wait(lambda: status and status[-1]["done"], "the mission done")
         assert all(probe.truth(n)["position"][2] < 0.03 and abs(probe.truth(n)["velocity"][2]) < 0.05
                    for n in HOMES), "the mission landed"
-        assert all(probe.mode(n) == "flying" for n in HOMES), "the controller flew the whole mission"
+        for name in HOMES:  # the controller flew the whole mission: the bridge never had to step in
+            # (after the touchdown the firmware may disarm itself: its landing timeout)
+            assert probe.mode(name) in ("flying", "disarmed"), probe.status[name]
+            assert not [e for e in probe.events[name] if e.startswith((f"{name}: hover:", f"{name}: landing:"))]
         assert snnctl(processes, "crazyflie", "disarm", "--drone", "cf1", "--json")["success"]
         assert probe.call("/crazyflie_bridge/arm", SetBool.Request(data=False)).success  # (cf1: not armed any more)
         probe.wait(lambda: all(probe.motors_off(n) and probe.mode(n) == "disarmed" for n in HOMES), "disarmed")

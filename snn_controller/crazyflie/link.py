@@ -107,24 +107,32 @@ class LogClock:
     """Odometry stamps on the drone's own clock, aligned to a grid of the log period.
 
     A state's stamp is its log timestamp (the firmware's ms since boot, a multiple of the period) plus
-    one offset to ROS time, the offset a whole number of periods: so the stamps of every drone fall on one
-    grid of ``period_ms`` as sim_bridge's steps do (the flight log and its replay read them as steps), each
-    says when the drone measured the state (radio jitter does not move it), and two states never share
-    one. The offset is taken from the arrival time of the first state, and again when the drone's clock
-    goes back (a reboot, the 24-bit wrap) or the stamps drift more than ``resync_ms`` from the arrivals."""
+    one offset to the caller's clock (crazyflie_bridge's), the offset a whole number of periods: so the
+    stamps of every drone fall on one grid of ``period_ms`` as sim_bridge's steps do (the flight log and
+    its replay read them as steps), each says when the drone measured the state (radio jitter does not
+    move it), and two states never share one. A state cannot arrive before it was measured, so the
+    offset is the arrival - log time rounded down, and over the first ``settle`` states (and again after
+    the drone's clock went back: a reboot, the 24-bit wrap) the smallest seen: a late first state does
+    not leave the stamps ahead of the clock. After that the stamps only move forward, by a new offset
+    when the arrivals lag them by more than ``resync_ms`` (the clocks drift apart): a stamp going back
+    would reset the controllers."""
 
-    def __init__(self, period_ms: int, resync_ms: float = 200.0):
-        self.period_ns, self.resync_ns = int(period_ms) * 1_000_000, resync_ms * 1e6
+    def __init__(self, period_ms: int, settle: int = 100, resync_ms: float = 200.0):
+        self.period_ns, self.settle, self.resync_ns = int(period_ms) * 1_000_000, settle, resync_ms * 1e6
         self.offset_ns = self.last_ns = None
+        self.settling = 0  # states left in which the offset may still go down
 
     def stamp_ns(self, drone_ms: int, arrival_ns: int) -> int:
         drone_ns = int(drone_ms) * 1_000_000
-        stamp = None if self.offset_ns is None else self.offset_ns + drone_ns
-        if stamp is None or stamp <= self.last_ns or abs(arrival_ns - stamp) > self.resync_ns:
-            self.offset_ns = round((arrival_ns - drone_ns) / self.period_ns) * self.period_ns
-            stamp = self.offset_ns + drone_ns
-        self.last_ns = stamp
-        return stamp
+        offset = (arrival_ns - drone_ns) // self.period_ns * self.period_ns  # never after the arrival
+        if self.offset_ns is None or self.offset_ns + drone_ns <= self.last_ns:  # the first state, a reboot
+            self.offset_ns, self.settling = offset, self.settle
+        elif (self.settling and offset < self.offset_ns) or \
+                arrival_ns - (self.offset_ns + drone_ns) > self.resync_ns:
+            self.offset_ns = offset
+        self.settling = max(self.settling - 1, 0)
+        self.last_ns = self.offset_ns + drone_ns
+        return self.last_ns
 
 
 class CrazyflieLink:

@@ -55,7 +55,8 @@ Whatever the mode, airborne (flying, hover, high_level, landing):
 - link lost (no state for ``link.timeout``, or the link down): reported; nothing can be sent. The
   firmware's supervisor then levels the drone after 500 ms without setpoints and stops the motors after
   2 s (supervisor.c, COMMANDER_WDT_TIMEOUT_STABILIZE / _SHUTDOWN) when it was flying on streamed
-  setpoints; a high-level manoeuvre goes on on board. When the link returns, the drone lands.
+  setpoints; a high-level manoeuvre goes on on board. When the link returns, a drone in the air lands
+  (one armed on the ground stays armed: nothing was sent, nothing moved).
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class BatteryLimits:
 
 @dataclass(frozen=True)
 class LinkLimits:
-    timeout: float = 0.3  # s without a state estimate (the 100 Hz log): the link is lost
+    timeout: float = 0.5  # s without a state estimate (the 100 Hz log): the link is lost (the firmware levels then)
 
     def __post_init__(self):
         if self.timeout <= 0:
@@ -455,9 +456,6 @@ class DroneSafety:
             self._event(now, "link_back", "link back")
             if self.mode in AIRBORNE:  # a landing starts again: its clock ran while nothing was known
                 return self._start_landing(now, "the link came back")
-            if self.mode == Mode.ARMED:
-                self._enter(now, Mode.DISARMED, "the link came back", kind="disarm")
-                return [Action(Send.DISARM)]
         if self.found_flying:
             self.found_flying = False
             return self._start_landing(now, "the drone was flying when the link came up (a bridge restarted?)")
