@@ -156,3 +156,24 @@ def test_topics_services_and_the_safety_machine_through_a_fake_link(bridge):
     values, status = cf1_status()
     assert status.level == status.ERROR and values["rejected"] == "1" and values["link_quality"] == "97.0"
     assert "emergency" in values["events"] and "names ['thrust', 'roll_rate'" in values["last_rejected"]
+
+
+def test_bad_parameters_and_fleet_files_are_refused_naming_the_problem(ros_context, tmp_path):
+    from snn_controller.config import ConfigError
+
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("robots:\n  cf1: {uri: 'udp://127.0.0.1:19850'}\n")
+    no_uri = tmp_path / "no_uri.yaml"
+    no_uri.write_text("robots:\n  cf1: {}\n")
+    for overrides, error, message in [
+        ([Parameter("crazyflies", value=str(no_uri))], ConfigError, r"robots \['cf1'\] have no uri"),
+        ([Parameter("crazyflies", value=str(fleet)), Parameter("rate", value=30.0)], ValueError, "whole 10 ms"),
+        ([Parameter("crazyflies", value=str(fleet)), Parameter("geofence", value=[0.0, 1.0])], ConfigError,
+         r"parameter geofence must be \[xmin"),
+        ([Parameter("crazyflies", value=str(fleet)), Parameter("geofence", value=[0.0, 0.0, 0.0, -1.0, 1.0, 1.0])],
+         ConfigError, "parameter geofence: geofence.min must be below"),
+        ([Parameter("crazyflies", value=str(fleet)), Parameter("command_timeout", value=-0.1)], ConfigError,
+         "parameter command_timeout: command.timeout must be > 0"),
+    ]:
+        with pytest.raises(error, match=message):
+            CrazyflieBridge(link_factory=FakeLink, context=ros_context, parameter_overrides=overrides)

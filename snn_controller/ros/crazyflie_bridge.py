@@ -71,7 +71,7 @@ from .node_main import run
 POWER_SUPPLY_STATUS = {0: BatteryState.POWER_SUPPLY_STATUS_DISCHARGING, 1: BatteryState.POWER_SUPPLY_STATUS_CHARGING,
                        2: BatteryState.POWER_SUPPLY_STATUS_FULL, 3: BatteryState.POWER_SUPPLY_STATUS_DISCHARGING,
                        4: BatteryState.POWER_SUPPLY_STATUS_NOT_CHARGING}
-SAFETY_EVENTS = ("stale", "geofence", "emergency", "battery", "link_lost", "rejected", "refused", "land")
+SAFETY_EVENTS = ("stale", "geofence", "emergency", "locked", "battery", "link_lost", "refused", "land")
 ANY_TYPE = ParameterDescriptor(dynamic_typing=True)  # '' (the config file's) or a value
 
 
@@ -108,15 +108,16 @@ class CrazyflieBridge(Node):
         fleet_file, config_file, rate, timeout, fence, self.frame_id, retry, toc_cache = (
             self.get_parameter(n).value for n in ("crazyflies", "config", "rate", "command_timeout", "geofence",
                                                   "frame_id", "retry", "toc_cache"))
-        if not 1.0 <= rate <= 100.0:
-            raise ValueError(f"parameter rate must be in [1, 100] Hz (the log's 10 ms resolution), got {rate}")
+        period_ms = round(1000.0 / rate) if rate > 0 else 0
+        if not 10 <= period_ms <= 1000 or period_ms % 10 or abs(1000.0 / rate - period_ms) > 1e-6:
+            raise ValueError(f"parameter rate must make a period of whole 10 ms, the log's resolution (100, 50, 25, "
+                             f"20, 10 Hz, ...), got {rate} Hz")
         self.config = with_overrides(load_safety_config(config_file or None), timeout, fence)
         robots = load_fleet(fleet_file or None).enabled_robots()
         missing = [name for name, robot in robots.items() if not robot.uri]
         if missing:
             raise ConfigError(f"{fleet_file or 'config/crazyflies.yaml'}: robots {missing} have no uri "
                               "(radio://0/80/2M/E7E7E7E701, usb://0 or udp://127.0.0.1:19850)")
-        period_ms = round(1000.0 / rate)
         self.drones = {name: Drone(name, DroneSafety(name, self.config), LogClock(period_ms)) for name in robots}
         self.wake = self.create_guard_condition(self.on_telemetry)
         for name, drone in self.drones.items():
