@@ -24,7 +24,8 @@ Modes and the rules between them (each limit is a key of config/crazyflie_bridge
 - ``disconnected``: no link yet, or never a state. ``disarmed``: connected, nothing is sent, so nothing
   spins. Only :meth:`arm` leaves it, and only with a fresh state inside the geofence, the battery good
   and no emergency stop latched.
-- ``armed``: on the ground, armed, still nothing sent. A controller command with thrust > 0 starts
+- ``armed``: on the ground, armed, still nothing sent (a firmware that requires arming idles its motors
+  now). A controller command with thrust > 0 starts
   ``flying`` (the controller flies from the ground, e.g. a mission's take-off); :meth:`takeoff` starts
   ``high_level``.
 - ``flying``: each valid command is forwarded as a rate setpoint the moment it arrives. No valid
