@@ -263,7 +263,7 @@ def test_low_battery_emergency_lost_link_and_a_killed_controller(server, probe, 
     assert reply.success, reply.message
     stopped_at = probe.truth("cf2")["time"]
     probe.wait(lambda: probe.motors_off("cf2"), "cf2's motors stopped")
-    assert probe.truth("cf2")["time"] - stopped_at < 0.5, "at once, not a landing (3 s)"
+    assert probe.truth("cf2")["time"] - stopped_at < 1.0, "at once, not a landing (3 s)"
     assert probe.truth("cf2")["position"][2] > 0.4, "stopped in the air"
     probe.wait(lambda: probe.mode("cf2") == "emergency", "the emergency reported")
 

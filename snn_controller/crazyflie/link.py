@@ -149,7 +149,10 @@ class CrazyflieLink:
         self.on_state, self.on_battery, self.on_link = on_state, on_battery, on_link
         cache = os.path.expanduser(toc_cache) if toc_cache else None
         if cache:
-            os.makedirs(cache, exist_ok=True)
+            try:
+                os.makedirs(cache, exist_ok=True)
+            except OSError:  # a read-only home: connect without the cache (slower over the radio), not fail
+                cache = None
         self.cf = Crazyflie(rw_cache=cache)  # the log and param tables by CRC: reconnects take no download
         self.connected = False  # cflib's fully_connected, and not lost since
         self.connecting_since = None
