@@ -204,8 +204,8 @@ def test_nothing_spins_before_arm_then_the_controller_and_the_high_level_command
 # --- the safety cases ------------------------------------------------------------------------------
 def test_geofence_lands_its_hard_margin_stops_the_motors_and_bad_commands_are_rejected(
         server, probe, processes, tmp_path):
-    """cf1 (the controller) flies to a goal past the fence: it lands where it crossed, and may not arm
-    there. cf2 (this test's commands): non-finite commands are rejected and nothing spins; full thrust
+    """cf1 (the controller) flies to a goal past the fence: it lands where it crossed (no arming outside
+    the fence: test_crazyflie_safety.py). cf2 (this test's commands): non-finite commands are rejected and nothing spins; full thrust
     shoots it through the fence's top and past the hard margin: emergency stop, up there."""
     fleet = write_fleet(tmp_path / "fleet.yaml", server)
     config = write_config(tmp_path / "bridge.yaml",
@@ -228,12 +228,10 @@ def test_geofence_lands_its_hard_margin_stops_the_motors_and_bad_commands_are_re
     assert probe.idle("cf2") and probe.truth("cf2")["position"][2] < 0.02, "armed: idling, not flying"
     assert "not finite" in probe.status["cf2"]["last_rejected"]
     probe.answer("cf2", [0.9, 0.0, 0.0, 0.0])
-    probe.wait(lambda: probe.mode("cf2") == "emergency", "cf2 went past the hard margin: emergency")
-    assert any("hard margin" in e for e in probe.events["cf2"])
     probe.wait(lambda: probe.motors_off("cf2") and probe.truth("cf2")["locked"], "cf2's motors stopped")
     assert probe.truth("cf2")["position"][2] > 1.0, "stopped up there, not after a landing"
-
-    assert not probe.arm("cf1").success, "no arming outside the fence (carry it back in)"
+    probe.wait(lambda: probe.mode("cf2") == "emergency", "cf2 went past the hard margin: emergency")
+    assert any("hard margin" in e for e in probe.events["cf2"])
 
 
 def test_low_battery_emergency_lost_link_and_a_killed_controller(server, probe, processes, tmp_path):
@@ -257,14 +255,15 @@ def test_low_battery_emergency_lost_link_and_a_killed_controller(server, probe, 
     probe.wait(lambda: probe.mode("cf2") == "disarmed" and probe.motors_off("cf2"), "cf2 landed")
     assert probe.truth("cf2")["position"][2] < 0.05 and not probe.arm("cf2").success, "no arming on low battery"
     server.set_battery(1, 4.1)
+    probe.goal("cf2", (0.0, 1.0, 1.2))  # high: the test sees it stop before it falls far
     probe.wait(lambda: probe.arm("cf2").success, "cf2 armed with a charged battery")
-    probe.wait(lambda: probe.near("cf2", (0.0, 1.0, 0.7), 0.1), "cf2 back at its goal")
+    probe.wait(lambda: probe.near("cf2", (0.0, 1.0, 1.2), 0.1), "cf2 at its new goal")
     reply = probe.call("/cf2/emergency_stop")
     assert reply.success, reply.message
     stopped_at = probe.truth("cf2")["time"]
     probe.wait(lambda: probe.motors_off("cf2"), "cf2's motors stopped")
     assert probe.truth("cf2")["time"] - stopped_at < 1.0, "at once, not a landing (3 s)"
-    assert probe.truth("cf2")["position"][2] > 0.4, "stopped in the air"
+    assert probe.truth("cf2")["position"][2] > 0.5, "stopped in the air"
     probe.wait(lambda: probe.mode("cf2") == "emergency", "the emergency reported")
 
     server.drop_link(0, 1.0)
