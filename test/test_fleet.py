@@ -288,6 +288,17 @@ def test_pilot_computes_each_state_once_and_resets_when_time_goes_back():
     assert controller.observations[-1][:3] == pytest.approx([-1.0, 0, -0.989])
 
 
+def test_pilot_idles_on_the_ground_also_when_the_goal_came_before_the_first_state():
+    """A mission's first goal (on the ground) can reach the controller before the simulator's first
+    odometry: the drone must still idle, motors off, not sit on the ground at hover thrust."""
+    pilot = StampedPilot(CountingController(), takeoff_height=0.0)
+    assert pilot.set_goal([0.0, 0.0, 0.01], 0.0)
+    rest = {**hover_state(), "position": np.array([0.0, 0.0, REST_HEIGHT])}
+    assert pilot.act(rest).tolist() == [-1.0] * 4 and pilot.ground_z == REST_HEIGHT
+    assert pilot.set_goal([0.0, 0.0, 1.0], 0.0)
+    assert pilot.act(rest).tolist() != [-1.0] * 4, "a goal in the air takes off"
+
+
 def _airborne_fleet(**options):
     robots = {"cf1": RobotConfig(initial_position=(0.0, 0.0, 1.0)), "cf2": RobotConfig(initial_position=(1.0, 0.0, 1.0))}
     return FleetSimulator(load_drone("cf21"), robots, dt=0.01, **options)

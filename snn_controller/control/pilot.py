@@ -58,9 +58,12 @@ class StampedPilot:
     def act(self, state: dict[str, np.ndarray]):
         """The action for a state (odometry arrays: position, quaternion, velocity_world,
         angular_velocity_body), or None where the controller refuses it."""
-        if self.goal is None and np.isfinite(state["position"]).all():
-            self.goal = state["position"] + np.array([0.0, 0.0, self.takeoff_height])
+        if self.ground_z is None and np.isfinite(state["position"]).all():
+            # the first state is the ground, also when the first goal came before it (a mission's
+            # goal on the ground, sent while the simulator was still starting)
             self.ground_z = state["position"][2]
+            if self.goal is None:
+                self.goal = state["position"] + np.array([0.0, 0.0, self.takeoff_height])
         target = self.goal if self.goal is not None else state["position"]
         if self.ground_z is not None:
             idle = bool(idles_on_ground(target[2] - self.ground_z, state["position"][2] - self.ground_z))
