@@ -63,7 +63,10 @@ def fly(tmp_path_factory, mode: str, launch=("sim_snn.launch.yaml",)):
            "FASTDDS_DEFAULT_PROFILES_FILE": str(conftest.ROOT / "config" / "fastdds_fast_discovery.xml")}
     bag, mission = tmp / "flight", tmp / "short_hop.yaml"
     mission.write_text(SHORT_MISSION)
-    code, out, err = run_launch([*launch, f"mission:={mission}", "mission_start:=1.0", f"mode:={mode}",
+    # the take-off 3 s after the start: the recorder, whose discovery takes seconds on a loaded machine (a
+    # full CI run: it joined after a 1 s start), records the drones idling first, so the replays can start
+    # from the simulator's reset (motors known off until then)
+    code, out, err = run_launch([*launch, f"mission:={mission}", "mission_start:=3.0", f"mode:={mode}",
                                  "record:=true", f"bag:={bag}", "--duration", "120", "--monitor", "--json"], env, 180)
     lines = out.strip().splitlines()
     assert lines and lines[-1].startswith("{"), f"exit {code}\n{out[-3000:]}\n{err[-3000:]}"
