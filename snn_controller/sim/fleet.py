@@ -260,9 +260,9 @@ class FleetSimulator:
             c.stale += 1
             return f"stale: answers step {step}, a command for step {self.answered[i]} was already received"
         status = "ok"
-        clipped = np.clip(values, [0.0, -np.inf, -np.inf, -np.inf], 1.0) if ctbr else np.clip(values, -1.0, 1.0)
-        if ctbr:  # thrust as the PWM ratio; the rate mode limits no rate (docs/ctbr.md)
-            clipped[1:] = values[1:]
+        # CTBR: only the thrust (a PWM ratio) has a range; the rate mode limits no rate (docs/ctbr.md)
+        low, high = ([0.0, -np.inf, -np.inf, -np.inf], [1.0, np.inf, np.inf, np.inf]) if ctbr else (-1.0, 1.0)
+        clipped = np.clip(values, low, high)
         if (clipped != values).any():
             values = clipped
             c.clamped += 1
